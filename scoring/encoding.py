@@ -1,0 +1,213 @@
+"""Input validation and conversion: every way features arrive becomes one float32 matrix here.
+
+Batch (numpy columns from COPY), online (JSON records) and async (stored records) all pass through
+`encode_columns`, so the same features always become the same matrix and the same prediction.
+
+Category features are encoded as the integer position of the value in the spec's category list; a value may
+arrive as that string or as the integer code itself (the form the logged MLflow model's signature takes).
+Missing values become NaN, which XGBoost treats as "missing".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scoring.spec import Feature, ModelSpec
+
+
+class InputError(ValueError):
+    """Input the model cannot score. `column` and `row` say where (row is 0-based within the input)."""
+
+    kind = "invalid_input"
+
+    def __init__(self, message: str, *, column: str | None = None, row: int | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+        self.row = row
+
+
+class MissingColumnError(InputError):
+    kind = "missing_column"
+
+
+class UnknownColumnError(InputError):
+    kind = "unknown_column"
+
+
+class WrongTypeError(InputError):
+    kind = "wrong_type"
+
+
+class UnknownCategoryError(InputError):
+    kind = "unknown_category"
+
+
+class NullValueError(InputError):
+    kind = "null_value"
+
+
+@dataclass
+class Encoded:
+    """The matrix of the rows that passed, and a reason for each row that did not."""
+
+    matrix: np.ndarray  # float32, shape (valid rows, features), spec feature order
+    valid: np.ndarray  # bool mask over the input rows
+    rejects: list[InputError]  # one per invalid row (its first problem)
+
+    @property
+    def n_rejected(self) -> int:
+        return len(self.rejects)
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """float64 values, a mask of rows with a wrong type, and the reason text."""
+    if values.dtype.kind in "iuf":
+        out = values.astype(np.float64, copy=False)
+        if feature.type == "int" and values.dtype.kind == "f":
+            finite = np.isfinite(out)
+            bad = finite & (out != np.floor(np.where(finite, out, 0)))
+            return out, bad, f"feature '{feature.name}' expects an integer"
+        return out, np.zeros(len(out), dtype=bool), ""
+    if values.dtype.kind == "b":
+        reason = f"feature '{feature.name}' expects a number, got a boolean"
+        return values.astype(np.float64), np.ones(len(values), dtype=bool), reason
+    out = np.empty(len(values), dtype=np.float64)
+    bad = np.zeros(len(values), dtype=bool)
+    want_int = feature.type == "int"
+    for i, v in enumerate(values):
+        if _is_null(v):
+            out[i] = np.nan
+        elif not _is_number(v) or (want_int and not float(v).is_integer()):
+            bad[i] = True
+            out[i] = np.nan
+        else:
+            out[i] = float(v)
+    kind = "an integer" if want_int else "a number"
+    return out, bad, f"feature '{feature.name}' expects {kind}"
+
+
+def _category_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    n_cat = len(feature.categories)
+    if values.dtype.kind in "iu" or (values.dtype.kind == "f"):
+        codes = values.astype(np.float64)
+        finite = np.isfinite(codes)
+        bad = finite & ((codes < 0) | (codes >= n_cat) | (codes != np.floor(np.where(finite, codes, 0))))
+        return codes, bad, f"feature '{feature.name}' expects one of {list(feature.categories)}"
+    # Strings (the usual case): vectorised through pandas' categorical coder; -1 marks unknown or null.
+    codes_int = pd.Categorical(values, categories=list(feature.categories)).codes
+    codes = codes_int.astype(np.float64)
+    null = pd.isna(values)
+    unknown = (codes_int == -1) & ~null
+    codes[codes_int == -1] = np.nan
+    if unknown.any():
+        # A non-string value may still be a valid integer code (records mixing both forms).
+        for i in np.flatnonzero(unknown):
+            v = values[i]
+            if _is_number(v) and 0 <= v < n_cat and float(v).is_integer():
+                codes[i] = float(v)
+                unknown[i] = False
+    return codes, unknown, f"feature '{feature.name}' expects one of {list(feature.categories)}"
+
+
+def _error_for(feature: Feature, row: int, value: Any, reason: str, null: bool) -> InputError:
+    if null:
+        return NullValueError(f"row {row}: feature '{feature.name}' must not be null", column=feature.name, row=row)
+    if feature.type == "category" and isinstance(value, str):
+        return UnknownCategoryError(f"row {row}: unknown category {value!r}; {reason}", column=feature.name, row=row)
+    return WrongTypeError(f"row {row}: {reason}, got {value!r}", column=feature.name, row=row)
+
+
+def encode_columns(spec: ModelSpec, columns: Mapping[str, Any], *, reject: bool = False,
+                   allow_extra: bool = False) -> Encoded:
+    """Validate and convert named columns (numpy arrays, lists or pandas Series) into the model's matrix.
+
+    With reject=False the first problem raises an InputError; with reject=True invalid rows are dropped from
+    the matrix and reported in `rejects` (the batch job keeps them in ops.prediction_rejects).
+    """
+    names = spec.feature_names
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise MissingColumnError(f"missing feature column '{missing[0]}' (model '{spec.name}' needs {names})",
+                                 column=missing[0])
+    if not allow_extra:
+        extra = sorted(set(columns) - set(names))
+        if extra:
+            raise UnknownColumnError(f"unknown column '{extra[0]}' (model '{spec.name}' takes {names})",
+                                     column=extra[0])
+    n_rows = len(columns[names[0]])
+    matrix = np.empty((n_rows, len(names)), dtype=np.float32)
+    invalid = np.zeros(n_rows, dtype=bool)
+    first_error: dict[int, InputError] = {}
+    for j, feature in enumerate(spec.features):
+        raw = columns[feature.name]
+        if isinstance(raw, pd.Series):
+            values = raw.to_numpy()
+        else:  # plain lists become object arrays so that mixed JSON values are checked one by one
+            values = raw if isinstance(raw, np.ndarray) else np.asarray(raw, dtype=object)
+        if len(values) != n_rows:
+            raise InputError(f"column '{feature.name}' has {len(values)} rows, expected {n_rows}", column=feature.name)
+        if feature.type == "category":
+            col, bad, reason = _category_column(feature, values)
+        else:
+            col, bad, reason = _numeric_column(feature, values)
+        nulls = np.isnan(col) & ~bad
+        bad_null = nulls if not feature.nullable else np.zeros(n_rows, dtype=bool)
+        problem = bad | bad_null
+        if problem.any():
+            rows = np.flatnonzero(problem & ~invalid)
+            if not reject:
+                row = int(rows[0]) if len(rows) else int(np.flatnonzero(problem)[0])
+                raise _error_for(feature, row, values[row], reason, bool(bad_null[row]))
+            for row in rows:
+                first_error[int(row)] = _error_for(feature, int(row), values[row], reason, bool(bad_null[row]))
+            invalid |= problem
+        matrix[:, j] = col
+    if invalid.any():
+        valid = ~invalid
+        return Encoded(matrix[valid], valid, [first_error[r] for r in sorted(first_error)])
+    return Encoded(matrix, ~invalid, [])
+
+
+def records_to_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """JSON records -> columns. Every record must carry the same keys (a missing key is a missing value,
+    reported as such by the encoder if the feature is not nullable)."""
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise InputError("records must be a list of objects")
+    if not records:
+        raise InputError("records must not be empty")
+    keys: dict[str, None] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise InputError(f"row {i}: each record must be an object, got {type(rec).__name__}", row=i)
+        keys.update(dict.fromkeys(rec))
+    return {k: [rec.get(k) for rec in records] for k in keys}
+
+
+def encode(spec: ModelSpec, data: Any, *, reject: bool = False, allow_extra: bool = False) -> Encoded:
+    """Any accepted input form -> Encoded. Forms: DataFrame, list of records, mapping of columns,
+    or a 2-D array whose columns are in the spec's feature order."""
+    if isinstance(data, pd.DataFrame):
+        columns: Mapping[str, Any] = {str(c): data[c] for c in data.columns}
+    elif isinstance(data, np.ndarray):
+        if data.ndim != 2 or data.shape[1] != len(spec.features):
+            raise InputError(f"array input must be 2-D with {len(spec.features)} columns "
+                             f"in the order {spec.feature_names}, got shape {data.shape}")
+        columns = {name: data[:, j] for j, name in enumerate(spec.feature_names)}
+    elif isinstance(data, Mapping):
+        columns = data
+    else:
+        columns = records_to_columns(data)
+    return encode_columns(spec, columns, reject=reject, allow_extra=allow_extra)
