@@ -15,6 +15,8 @@ from pathlib import Path
 import psycopg
 
 from scoring.db import connect
+from scoring.spec import load_specs
+from scoring.store import ensure_prediction_table
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _LOCK_KEY = 727_001  # arbitrary, fixed: the advisory lock id of the migration runner
@@ -69,6 +71,10 @@ def apply_migrations(url: str | None = None, sql_dir: Path = SQL_DIR) -> list[st
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {path.name} failed and was rolled back: {exc}") from exc
                 applied.append(path.name)
+            # Spec-derived tables (one prediction table per model in models.yaml), idempotent.
+            for spec in load_specs().values():
+                with conn.transaction():
+                    ensure_prediction_table(conn, spec)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied

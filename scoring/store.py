@@ -7,6 +7,8 @@ import datetime as dt
 import psycopg
 from psycopg import sql
 
+from scoring.spec import ModelSpec
+
 
 def split_table(qualified: str) -> tuple[str, str]:
     schema, table = qualified.split(".", 1)
@@ -25,3 +27,30 @@ def ensure_day_partition(conn: psycopg.Connection, qualified: str, day: dt.date)
     conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES IN ({})").format(
         part, sql.Identifier(schema, table), sql.Literal(day)))
     return part
+
+
+def ensure_prediction_table(conn: psycopg.Connection, spec: ModelSpec) -> None:
+    """The model's result table (partitioned by prediction date) and its `<table>_latest` view, from the spec.
+
+    Derived from models.yaml rather than a numbered migration so that adding a model is adding an entry.
+    `score` is the class-1 probability (classifier) or the predicted value (regressor); `label` is the class.
+    """
+    schema, table = split_table(spec.prediction_table)
+    key = sql.Identifier(spec.source.entity_key)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {table} (
+            prediction_date date             NOT NULL,
+            {key}           bigint           NOT NULL,
+            score           double precision NOT NULL,
+            label           smallint,
+            model_name      text             NOT NULL,
+            model_version   integer          NOT NULL,
+            run_id          text             NOT NULL,
+            scored_at       timestamptz      NOT NULL,
+            PRIMARY KEY (prediction_date, {key})
+        ) PARTITION BY LIST (prediction_date)""").format(table=sql.Identifier(schema, table), key=key))
+    conn.execute(sql.SQL("""
+        CREATE OR REPLACE VIEW {view} AS
+        SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key}, prediction_date DESC""").format(
+        view=sql.Identifier(schema, f"{table}_latest"), table=sql.Identifier(schema, table), key=key))
