@@ -1,0 +1,34 @@
+"""gunicorn settings for one model deployment, from the environment with defaults for 2 cores.
+
+    SERVING_MODEL=churn gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'
+"""
+
+from __future__ import annotations
+
+import os
+
+bind = os.environ.get("SERVING_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("SERVING_WORKERS", "2"))
+threads = int(os.environ.get("SERVING_THREADS", "1"))
+worker_class = os.environ.get("SERVING_WORKER_CLASS", "gthread" if threads > 1 else "sync")
+timeout = int(os.environ.get("SERVING_TIMEOUT_S", "30"))
+graceful_timeout = int(os.environ.get("SERVING_GRACEFUL_TIMEOUT_S", "20"))
+keepalive = int(os.environ.get("SERVING_KEEPALIVE_S", "5"))
+backlog = int(os.environ.get("SERVING_BACKLOG", "2048"))
+# Request-line / header limits (the body limit is the app's MAX_CONTENT_LENGTH, SERVING_MAX_BODY_BYTES).
+limit_request_line = int(os.environ.get("SERVING_LIMIT_REQUEST_LINE", "4094"))
+limit_request_fields = int(os.environ.get("SERVING_LIMIT_REQUEST_FIELDS", "100"))
+limit_request_field_size = int(os.environ.get("SERVING_LIMIT_REQUEST_FIELD_SIZE", "8190"))
+max_requests = int(os.environ.get("SERVING_MAX_REQUESTS", "0"))
+preload_app = False  # every worker loads its own model and runs its own reload poller
+
+loglevel = os.environ.get("SERVING_LOG_LEVEL", "info")
+errorlog = "-"
+accesslog = os.environ.get("SERVING_ACCESS_LOG", "-") or None
+proc_name = f"serving-{os.environ.get('SERVING_MODEL', 'model')}"
+
+# A serving process must not stall for minutes when MLflow is down (MLflow's client retries 7 times with
+# exponential backoff by default): fail a registry poll fast and keep serving the loaded version.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

@@ -1,0 +1,146 @@
+"""Hot-reloadable holder of the serving model version (one per process: gunicorn worker or async worker).
+
+A daemon thread polls the registry alias. When it moves, the new version is loaded beside the old one,
+smoke-scored on a synthetic valid row, and only then swapped in by rebinding one attribute: readers take
+`holder.current` once per request and never lock, so a swap cannot fail a request in flight.
+A version that fails to load or to score is refused (counted, logged, remembered so it is not retried every
+poll) and the old one keeps serving. An unreachable MLflow keeps the loaded version too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scoring.registry import CHAMPION, RegistryError, load_booster, resolve_version
+from scoring.scorer import Scorer
+from scoring.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def smoke_row(spec: ModelSpec) -> dict[str, Any]:
+    """A valid record for any spec: zeros for numbers, the first category for categories."""
+    row: dict[str, Any] = {}
+    for f in spec.features:
+        row[f.name] = f.categories[0] if f.type == "category" else (0 if f.type == "int" else 0.0)
+    return row
+
+
+@dataclass
+class HolderStats:
+    reloads: int = 0  # successful swaps after the first load
+    refused: int = 0  # versions that failed to load or to smoke-score
+    checks: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_check_at: float | None = None
+    refused_versions: dict[str, str] = field(default_factory=dict)  # version -> reason
+
+
+class ModelHolder:
+    def __init__(self, spec: ModelSpec, ref: str = CHAMPION, poll_interval_s: float = 10.0,
+                 threads: int | None = None,
+                 on_swap: Callable[[Scorer | None, Scorer], None] | None = None) -> None:
+        self.spec = spec
+        self.ref = ref
+        self.poll_interval_s = poll_interval_s
+        self.threads = threads
+        self.on_swap = on_swap  # e.g. metrics: called after every swap with (old, new)
+        self.stats = HolderStats()
+        self._current: Scorer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # serialises check_now() calls, never taken by readers
+
+    @property
+    def current(self) -> Scorer | None:
+        return self._current
+
+    @property
+    def version(self) -> str | None:
+        cur = self._current
+        return cur.version if cur is not None else None
+
+    def start(self) -> ModelHolder:
+        """Load the current version if possible (never raises for a missing alias or MLflow), then poll."""
+        self.check_now()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"model-holder-{self.spec.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.check_now()
+            except Exception:  # never let the poller die
+                log.exception("model holder poll failed")
+
+    def _note_error(self, message: str) -> None:
+        self.stats.last_error = message
+        self.stats.last_error_at = time.time()
+
+    def check_now(self) -> bool:
+        """One poll: resolve the alias and swap if it moved. True when a new version was swapped in."""
+        with self._lock:
+            self.stats.checks += 1
+            self.stats.last_check_at = time.time()
+            try:
+                version = resolve_version(self.spec.name, self.ref)
+            except RegistryError as exc:
+                if self._current is None:
+                    log.info("model %s: no version to serve yet: %s", self.spec.name, exc)
+                else:
+                    log.warning("model %s: keeping version %s: %s", self.spec.name, self._current.version, exc)
+                self._note_error(str(exc))
+                return False
+            if self._current is not None and self._current.version == version:
+                return False
+            if version in self.stats.refused_versions:
+                return False
+            try:
+                candidate = self._load(version)
+            except Exception as exc:  # any failure to load or smoke-score refuses the version
+                reason = f"version {version} refused: {type(exc).__name__}: {exc}"
+                if isinstance(exc, RegistryError) and "unreachable" in str(exc):
+                    # MLflow went away between resolve and load: not the version's fault, try again next poll
+                    self._note_error(reason)
+                    return False
+                self.stats.refused += 1
+                self.stats.refused_versions[version] = reason
+                self._note_error(reason)
+                log.error("model %s: %s; still serving %s", self.spec.name, reason, self.version)
+                return False
+            old = self._current
+            self._current = candidate  # the atomic swap: one reference rebind
+            if old is not None:
+                self.stats.reloads += 1
+            log.info("model %s: now serving version %s (was %s)", self.spec.name, version,
+                     old.version if old else None)
+            if self.on_swap is not None:
+                try:
+                    self.on_swap(old, candidate)
+                except Exception:
+                    log.exception("on_swap callback failed")
+            return True
+
+    def _load(self, version: str) -> Scorer:
+        booster = load_booster(self.spec.name, version)
+        scorer = Scorer.from_booster(self.spec, booster, version, threads=self.threads)
+        out = scorer.score([smoke_row(self.spec)])
+        value = float(out.scores[0])
+        if len(out) != 1 or not math.isfinite(value):
+            raise ValueError(f"smoke row scored {value!r}, expected one finite value")
+        return scorer
