@@ -12,6 +12,7 @@ import logging
 from flask import Flask
 
 from scoring.spec import load_spec
+from serving import jobs
 from serving.blueprints import health
 from serving.config import Settings
 from serving.errors import register_error_handlers
@@ -34,6 +35,7 @@ def create_app(model: str | None = None, *, settings: Settings | None = None, st
 
     register_error_handlers(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)  # async jobs (serving/jobs.py)
 
     if start_holder:
         holder.start()

@@ -1,0 +1,159 @@
+"""Async job endpoints: submit records for later scoring, poll the result, cancel.
+
+    POST   /v1/models/<model>/jobs   {"records": [...]}  -> 202 {"id", "status", "status_url", ...} + Location
+           header Idempotency-Key: a retried submit returns the same job (200) and never makes a second one
+    GET    /v1/jobs/<id>                                  -> 200 status; with predictions + model_version when done
+    DELETE /v1/jobs/<id>                                  -> 200 cancelled (queued jobs only; 409 otherwise)
+
+Records are validated at the door with the same encoder (and the same 4xx answers) as live predict; validation
+needs only the spec, so submits are accepted even while no model version is loaded. Workers
+(`python -m serving.worker`) do the scoring.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hmac
+import os
+import threading
+from typing import Any
+
+import psycopg
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from scoring import queue
+from scoring.db import database_url
+from scoring.encoding import encode
+from serving.errors import ApiError
+from serving.state import state
+
+bp = Blueprint("jobs", __name__)
+
+POOL_KEY = "jobs_db_pool"
+MAX_RECORDS = int(os.environ.get("SERVING_JOB_MAX_RECORDS", "10000"))
+MAX_KEY_LENGTH = 255
+_pool_lock = threading.Lock()
+
+
+def _pool() -> ConnectionPool:
+    """This process's pool, opened on first use (after gunicorn forks, never before)."""
+    pool = current_app.extensions.get(POOL_KEY)
+    if pool is None:
+        with _pool_lock:
+            pool = current_app.extensions.get(POOL_KEY)
+            if pool is None:
+                settings = state().settings
+                connect = {"autocommit": True, "connect_timeout": max(int(settings.db_timeout_s), 1)}
+                pool = ConnectionPool(settings.database_url or database_url(), min_size=1,
+                                      max_size=max(settings.db_pool_max, 1), timeout=settings.db_timeout_s,
+                                      kwargs=connect, name="jobs", open=True)
+                current_app.extensions[POOL_KEY] = pool
+                atexit.register(pool.close)
+    return pool
+
+
+def _db_unavailable(exc: Exception) -> ApiError:
+    return ApiError(503, "unavailable", f"the job queue database is unavailable: {type(exc).__name__}",
+                    headers={"Retry-After": "1"})
+
+
+def _check_auth() -> None:
+    token = state().settings.api_token
+    if token is None:
+        return
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise ApiError(401, "unauthorized", "a valid bearer token is required",
+                       headers={"WWW-Authenticate": 'Bearer realm="serving"'})
+
+
+def _job_id(raw: str) -> Any:
+    try:
+        return queue.parse_job_id(raw)
+    except ValueError as exc:
+        raise ApiError(400, "malformed_job_id", str(exc)) from exc
+
+
+def _body(job: queue.Job) -> dict[str, Any]:
+    body = job.to_dict()
+    body["status_url"] = url_for("jobs.get_job", job_id=str(job.id))
+    return body
+
+
+def _job_response(job: queue.Job, status: int, **headers: str) -> Response:
+    resp = jsonify(_body(job))
+    resp.status_code = status
+    resp.headers.update(headers)
+    if job.status in ("queued", "running"):
+        resp.headers["Retry-After"] = "1"  # a polling hint
+    return resp
+
+
+def _records() -> list[Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict) or "records" not in data:
+        raise ApiError(400, "bad_request", 'the body must be a JSON object {"records": [{...}, ...]}')
+    extra = sorted(set(data) - {"records"})
+    if extra:
+        raise ApiError(400, "bad_request", f"unknown field '{extra[0]}' (the body takes only 'records')")
+    records = data["records"]
+    if isinstance(records, list) and len(records) > MAX_RECORDS:
+        raise ApiError(413, "too_many_records", f"a job takes at most {MAX_RECORDS} records, got {len(records)}")
+    return records
+
+
+@bp.post("/v1/models/<model>/jobs")
+def submit_job(model: str) -> Response:
+    _check_auth()
+    st = state()
+    if model != st.spec.name:
+        raise ApiError(404, "unknown_model", f"this deployment serves model '{st.spec.name}', not '{model}'")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
+        raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters")
+    records = _records()
+    encode(st.spec, records)  # the live predict rules: an InputError here is the same 4xx, and nothing is queued
+    try:
+        with _pool().connection() as conn:
+            job, created = queue.submit(conn, model, records, idempotency_key=key)
+    except queue.IdempotencyConflict as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
+    except ValueError as exc:  # a value the encoder accepts but JSON storage cannot hold (e.g. Infinity)
+        raise ApiError(422, "invalid_input", str(exc)) from exc
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise _db_unavailable(exc) from exc
+    location = url_for("jobs.get_job", job_id=str(job.id))
+    if created:
+        return _job_response(job, 202, Location=location)
+    return _job_response(job, 200, Location=location, **{"Idempotent-Replayed": "true"})
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    _check_auth()
+    jid = _job_id(job_id)
+    try:
+        with _pool().connection() as conn:
+            job = queue.get(conn, jid)
+    except queue.JobNotFound as exc:
+        raise ApiError(404, "job_not_found", str(exc)) from exc
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise _db_unavailable(exc) from exc
+    return _job_response(job, 200)
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    _check_auth()
+    jid = _job_id(job_id)
+    try:
+        with _pool().connection() as conn:
+            job = queue.cancel(conn, jid)
+    except queue.JobNotFound as exc:
+        raise ApiError(404, "job_not_found", str(exc)) from exc
+    except queue.JobStateError as exc:
+        raise ApiError(409, "job_not_cancellable", str(exc)) from exc
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise _db_unavailable(exc) from exc
+    return _job_response(job, 200)
