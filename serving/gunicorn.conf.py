@@ -32,3 +32,24 @@ proc_name = f"serving-{os.environ.get('SERVING_MODEL', 'model')}"
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+logger_class = "serving.access_log.JsonAccessLogger"
+
+# Prometheus multiprocess mode: every worker writes its samples under this directory; /metrics merges them.
+# It must be in the environment before a worker imports prometheus_client, hence here in the master.
+_default_metrics_dir = os.path.join(
+    "/tmp", f"serving-metrics-{os.environ.get('SERVING_MODEL', 'model')}-{bind.replace(':', '-').replace('/', '_')}")
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _default_metrics_dir)
+
+
+def on_starting(server) -> None:  # noqa: ANN001 - gunicorn hook
+    import shutil
+
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(path, ignore_errors=True)  # stale files from a previous run would add up forever
+    os.makedirs(path, exist_ok=True)
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001 - gunicorn hook
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -46,12 +46,14 @@ class HolderStats:
 class ModelHolder:
     def __init__(self, spec: ModelSpec, ref: str = CHAMPION, poll_interval_s: float = 10.0,
                  threads: int | None = None,
-                 on_swap: Callable[[Scorer | None, Scorer], None] | None = None) -> None:
+                 on_swap: Callable[[Scorer | None, Scorer], None] | None = None,
+                 on_refuse: Callable[[str, str], None] | None = None) -> None:
         self.spec = spec
         self.ref = ref
         self.poll_interval_s = poll_interval_s
         self.threads = threads
         self.on_swap = on_swap  # e.g. metrics: called after every swap with (old, new)
+        self.on_refuse = on_refuse  # called with (version, reason) when a version is refused
         self.stats = HolderStats()
         self._current: Scorer | None = None
         self._stop = threading.Event()
@@ -122,6 +124,7 @@ class ModelHolder:
                 self.stats.refused_versions[version] = reason
                 self._note_error(reason)
                 log.error("model %s: %s; still serving %s", self.spec.name, reason, self.version)
+                self._callback(self.on_refuse, version, reason)
                 return False
             old = self._current
             self._current = candidate  # the atomic swap: one reference rebind
@@ -129,12 +132,17 @@ class ModelHolder:
                 self.stats.reloads += 1
             log.info("model %s: now serving version %s (was %s)", self.spec.name, version,
                      old.version if old else None)
-            if self.on_swap is not None:
-                try:
-                    self.on_swap(old, candidate)
-                except Exception:
-                    log.exception("on_swap callback failed")
+            self._callback(self.on_swap, old, candidate)
             return True
+
+    @staticmethod
+    def _callback(fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:  # a metrics hook must never break reloading
+            log.exception("model holder callback failed")
 
     def _load(self, version: str) -> Scorer:
         booster = load_booster(self.spec.name, version)

@@ -1,0 +1,145 @@
+"""MLflow's scoring protocol, as `mlflow models serve` speaks it: /invocations, /ping, /health, /version.
+
+Parsing and schema enforcement are MLflow's own functions (so every accepted payload form, and every error
+status, is what `mlflow models serve` gives); the matrix is then scored by the shared scorer. The registered
+model takes the *encoded* numeric frame (category features as integer codes) and, as an XGBoost classifier's
+pyfunc, answers class labels; a regressor answers values. Errors use MLflow's shape
+`{"error_code": ..., "message": ...}`.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flask import Blueprint, Response, current_app, json, request
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import _validate_prediction_input
+from mlflow.pyfunc.scoring_server import (
+    CONTENT_TYPE_CSV,
+    CONTENT_TYPE_JSON,
+    CONTENT_TYPES,
+    SCORING_PROTOCOL_CHANGE_INFO,
+    _decode_json_input,
+    _split_data_and_params,
+    infer_and_parse_data,
+    parse_csv_input,
+)
+from mlflow.types import ColSpec, Schema
+from mlflow.version import VERSION
+from werkzeug.exceptions import HTTPException
+
+from scoring.encoding import InputError
+from scoring.spec import ModelSpec
+from serving.blueprints.v1 import loaded_scorer
+from serving.errors import ApiError
+from serving.metrics import ROWS
+from serving.middleware import require_token
+from serving.requests_json import check_rows
+from serving.state import state
+
+bp = Blueprint("mlflow_protocol", __name__)
+
+_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST",
+          413: "BAD_REQUEST", 415: "BAD_REQUEST", 422: "INVALID_PARAMETER_VALUE", 503: "TEMPORARILY_UNAVAILABLE"}
+
+
+def input_schema(spec: ModelSpec) -> Schema:
+    """The logged signature's inputs: every feature as a double column (the encoded frame training logs)."""
+    return Schema([ColSpec("double", name) for name in spec.feature_names])
+
+
+def _proto_error(status: int, message: str) -> ApiError:
+    return ApiError(status, _CODES.get(status, "BAD_REQUEST"), message)
+
+
+def _mlflow_error(status: int, message: str, code: str | None = None) -> Response:
+    body = json.dumps({"error_code": code or _CODES.get(status, "BAD_REQUEST"), "message": message})
+    return Response(body, status=status, mimetype="application/json")
+
+
+@bp.errorhandler(MlflowException)
+def _on_mlflow(exc: MlflowException) -> Response:
+    return Response(exc.serialize_as_json(), status=exc.get_http_status_code(), mimetype="application/json")
+
+
+@bp.errorhandler(ApiError)
+def _on_api(exc: ApiError) -> Response:
+    resp = _mlflow_error(exc.status, exc.message)
+    resp.headers.update(exc.headers)
+    return resp
+
+
+@bp.errorhandler(InputError)
+def _on_input(exc: InputError) -> Response:
+    return _mlflow_error(400, str(exc))
+
+
+@bp.errorhandler(HTTPException)
+def _on_http(exc: HTTPException) -> Response:
+    return _mlflow_error(exc.code or 400, exc.description or exc.name)
+
+
+@bp.get("/ping")
+@bp.get("/health")
+def ping() -> Response:
+    # mlflow models serve answers 200 once its model is loaded
+    ok = state().holder.current is not None
+    return Response("\n", status=200 if ok else 404, mimetype="application/json")
+
+
+@bp.get("/version")
+def version() -> Response:
+    return Response(VERSION, status=200, mimetype="application/json")
+
+
+def _content_type() -> tuple[str, dict[str, str]]:
+    raw = request.headers.get("Content-Type")
+    if not raw:
+        raise _proto_error(415, f"This predictor only supports the following content types: Types: {CONTENT_TYPES}. "
+                            f"Got '{raw}'.")
+    parts = [p.strip() for p in raw.split(";")]
+    params = {k.strip().lower(): v.strip() for p in parts[1:] for k, _, v in [p.partition("=")]}
+    return parts[0].lower(), params
+
+
+def _parse(mime: str, data: bytes) -> Any:
+    if mime == CONTENT_TYPE_CSV:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _proto_error(400, f"Invalid input. Ensure that input is a valid UTF-8 encoded string. "
+                                f"Error: '{exc!r}'") from exc
+        return parse_csv_input(io.StringIO(text), schema=current_app.config["MLFLOW_INPUT_SCHEMA"])
+    decoded = _decode_json_input(data)  # MlflowInvalidInputException -> 400 BAD_REQUEST
+    payload, _params = _split_data_and_params(decoded)  # params are accepted and, like xgboost's pyfunc, unused
+    return infer_and_parse_data(payload, current_app.config["MLFLOW_INPUT_SCHEMA"])
+
+
+@bp.post("/invocations")
+def invocations() -> Response:
+    st = state()
+    require_token(st.settings.api_token)
+    mime, params = _content_type()
+    if params.get("charset", "utf-8").lower() != "utf-8":
+        raise _proto_error(415, "The scoring server only supports UTF-8")
+    extra = set(params) - {"charset"}
+    if extra:
+        raise _proto_error(415, f"Unrecognized content type parameters: {', '.join(sorted(extra))}. "
+                            f"{SCORING_PROTOCOL_CHANGE_INFO}")
+    if mime not in (CONTENT_TYPE_JSON, CONTENT_TYPE_CSV):
+        raise _proto_error(415, f"This predictor only supports the following content types: Types: "
+                            f"{[CONTENT_TYPE_CSV, CONTENT_TYPE_JSON]}. Got '{request.headers.get('Content-Type')}'.")
+    data = _parse(mime, request.get_data(cache=False))
+    schema = current_app.config["MLFLOW_INPUT_SCHEMA"]
+    try:
+        frame, _ = _validate_prediction_input(data, None, schema, None, "mlflow.xgboost")
+    except MlflowException as exc:
+        exc.message = f"Failed to predict data '{data}'. \nError: {exc.message}"
+        raise
+    check_rows(len(frame), st.settings.max_rows)
+    scorer = loaded_scorer(st)
+    # MLflow ignores columns the signature does not name; so do we here (not on the platform's own API).
+    values = scorer.predict_matrix(scorer.encode(frame, allow_extra=True).matrix).values()
+    ROWS.labels(st.spec.name, "live").inc(len(values))
+    return Response(json.dumps({"predictions": values.tolist()}), status=200, mimetype="application/json")

@@ -1,0 +1,104 @@
+"""Precomputed predictions: primary-key lookups in the spec's prediction table through a connection pool.
+
+The date served by default is the latest *complete* one: the max prediction_date of a successful batch run in
+ops.batch_runs (never a half-loaded day). It is cached for a few seconds so that a lookup is one query.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from scoring.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(RuntimeError):
+    """The serving database cannot be reached (pool timeout or a broken connection)."""
+
+
+@dataclass(frozen=True)
+class Precomputed:
+    entity_id: int
+    prediction_date: dt.date
+    score: float
+    label: int | None
+    model_version: int
+    run_id: str
+    scored_at: dt.datetime
+
+
+class PredictionStore:
+    def __init__(self, spec: ModelSpec, url: str, *, min_size: int = 1, max_size: int = 4,
+                 timeout_s: float = 2.0, latest_ttl_s: float = 2.0) -> None:
+        self.spec = spec
+        self.timeout_s = timeout_s
+        self.latest_ttl_s = latest_ttl_s
+        # connect_timeout bounds a connection attempt; the pool's `timeout` bounds a request waiting for one.
+        self.pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout_s,
+                                   kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
+                                   reconnect_timeout=3600 * 24 * 365, name=f"serving-{spec.name}")
+        schema, table = spec.prediction_table.split(".", 1)
+        key = sql.Identifier(spec.source.entity_key)
+        self._by_key = sql.SQL(
+            "SELECT {key}, prediction_date, score, label, model_version, run_id, scored_at FROM {table} "
+            "WHERE prediction_date = %s AND {key} = ANY(%s)").format(key=key, table=sql.Identifier(schema, table))
+        self._latest_q = ("SELECT max(prediction_date) FROM ops.batch_runs "
+                          "WHERE model_name = %s AND status = 'success'")
+        self._latest: tuple[dt.date | None, float] | None = None  # (date, fetched at monotonic)
+        self._latest_lock = threading.Lock()
+
+    def open(self) -> PredictionStore:
+        self.pool.open(wait=False)  # never block worker start on the database
+        return self
+
+    def close(self) -> None:
+        self.pool.close(timeout=2)
+
+    def _run(self, query: Any, params: tuple) -> list[tuple]:
+        try:
+            with self.pool.connection(timeout=self.timeout_s) as conn:
+                return conn.execute(query, params, prepare=True).fetchall()
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"serving database unavailable: no connection within {self.timeout_s:g}s") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"serving database unavailable: {exc}".strip()) from exc
+
+    def latest_date(self) -> dt.date | None:
+        """Latest prediction date with a successful batch run (cached for latest_ttl_s)."""
+        cached = self._latest
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self.latest_ttl_s:
+            return cached[0]
+        with self._latest_lock:
+            cached = self._latest
+            if cached is not None and time.monotonic() - cached[1] < self.latest_ttl_s:
+                return cached[0]
+            rows = self._run(self._latest_q, (self.spec.name,))
+            day = rows[0][0] if rows else None
+            self._latest = (day, time.monotonic())
+            return day
+
+    def get_many(self, entity_ids: list[int], day: dt.date) -> dict[int, Precomputed]:
+        rows = self._run(self._by_key, (day, entity_ids))
+        return {int(r[0]): Precomputed(int(r[0]), r[1], float(r[2]), None if r[3] is None else int(r[3]),
+                                       int(r[4]), r[5], r[6]) for r in rows}
+
+    def get(self, entity_id: int, day: dt.date) -> Precomputed | None:
+        return self.get_many([entity_id], day).get(entity_id)
+
+    def ping(self) -> bool:
+        try:
+            self._run("SELECT 1", ())
+            return True
+        except StoreUnavailable:
+            return False

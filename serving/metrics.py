@@ -1,0 +1,43 @@
+"""Prometheus metrics, correct under several gunicorn workers (prometheus_client multiprocess mode).
+
+gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker imports this module, empties it at start and
+marks dead workers; /metrics then aggregates every worker's files. Without the variable (Flask test client)
+the default single-process registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REQUESTS = Counter("serving_requests_total", "HTTP requests by route template and status",
+                   ["model", "route", "method", "status"])
+LATENCY = Histogram("serving_request_duration_seconds", "Request latency by route template and status",
+                    ["model", "route", "status"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+ROWS = Counter("serving_predicted_rows_total", "Rows answered, by source (live or precomputed)",
+               ["model", "source"])
+MODEL_VERSION = Gauge("serving_model_version", "Model version loaded in each worker (0 = none)", ["model"],
+                      multiprocess_mode="liveall")
+RELOADS = Counter("serving_model_reloads_total", "Model versions swapped in after the first load", ["model"])
+REFUSED = Counter("serving_model_refused_total", "Model versions refused (failed to load or smoke-score)",
+                  ["model"])
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
