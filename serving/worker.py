@@ -1,0 +1,243 @@
+"""The async prediction worker: `SERVING_MODEL=churn python -m serving.worker`.
+
+Loop: claim up to WORKER_BATCH_SIZE queued jobs (FOR UPDATE SKIP LOCKED, leased), score all their records in one
+call of the shared Scorer (micro-batch), write results and failures in one transaction, repeat; when the queue is
+empty, sleep on LISTEN/NOTIFY (woken by submits) with a polling fallback. Run as many side by side as you like.
+
+- Hot reload: the same ModelHolder as the online app; every batch uses the version current when it starts.
+- Failure: a job whose scoring fails is retried (with backoff) up to its max attempts, then `failed` with the
+  reason; a poison job fails alone (scoring falls back to one job at a time when the batch call fails).
+- Crash: a SIGKILLed worker's jobs are reclaimed by any worker once their lease expires.
+- SIGTERM/SIGINT: the batch in hand is finished and written, anything still held is released, exit 0.
+- PostgreSQL restart: reconnect with backoff; results scored before the outage are written after it (fenced, so
+  a job reclaimed by another worker meanwhile is not written twice).
+
+Settings (env): SERVING_MODEL, SERVING_MODEL_REF, SERVING_POLL_INTERVAL_S, SERVING_BOOSTER_THREADS, DATABASE_URL
+(shared with the online app), WORKER_BATCH_SIZE (256), WORKER_LEASE_S (30), WORKER_IDLE_POLL_S (2),
+WORKER_RETRY_BACKOFF_S (1), WORKER_TEST_FAULT (tests only: `poison:<feature>=<json value>` or `stall:<seconds>`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from scoring import queue
+from scoring.db import database_url
+from scoring.scorer import Predictions, Scorer
+from scoring.spec import load_spec
+from serving.config import ConfigError, Settings, _env_float, _env_int
+from serving.model_holder import ModelHolder
+
+log = logging.getLogger("serving.worker")
+
+_DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    batch_size: int = 256
+    lease_s: float = 30.0
+    idle_poll_s: float = 2.0  # polling fallback when no NOTIFY arrives
+    retry_backoff_s: float = 1.0
+    max_reconnect_backoff_s: float = 10.0
+    fault: str | None = None
+
+    @classmethod
+    def from_env(cls) -> WorkerSettings:
+        s = cls(batch_size=_env_int("WORKER_BATCH_SIZE", 256), lease_s=_env_float("WORKER_LEASE_S", 30.0),
+                idle_poll_s=_env_float("WORKER_IDLE_POLL_S", 2.0),
+                retry_backoff_s=_env_float("WORKER_RETRY_BACKOFF_S", 1.0),
+                fault=os.environ.get("WORKER_TEST_FAULT") or None)
+        if s.batch_size < 1 or s.lease_s <= 0 or s.idle_poll_s <= 0 or s.retry_backoff_s < 0:
+            raise ConfigError("WORKER_BATCH_SIZE, WORKER_LEASE_S and WORKER_IDLE_POLL_S must be positive, "
+                              "WORKER_RETRY_BACKOFF_S not negative")
+        return s
+
+
+class FaultyScorer:
+    """Test-only fault injection around the real scorer (WORKER_TEST_FAULT), so tests can make a job that passes
+    the door fail at scoring (`poison:tenure_months=-4242`) or make a worker hang holding leases (`stall:60`)."""
+
+    def __init__(self, scorer: Scorer, fault: str) -> None:
+        self.scorer = scorer
+        self.version = scorer.version
+        kind, _, arg = fault.partition(":")
+        self.stall_s = float(arg) if kind == "stall" else 0.0
+        self.poison: tuple[str, Any] | None = None
+        if kind == "poison":
+            feature, _, value = arg.partition("=")
+            self.poison = (feature, json.loads(value))
+        elif kind != "stall":
+            raise ConfigError(f"WORKER_TEST_FAULT must be 'poison:<feature>=<value>' or 'stall:<s>', got {fault!r}")
+
+    def score(self, data: Any) -> Predictions:
+        if self.stall_s:
+            time.sleep(self.stall_s)
+        if self.poison is not None:
+            feature, value = self.poison
+            if any(rec.get(feature) == value for rec in data):
+                raise RuntimeError(f"injected fault: poison record ({feature}={value!r})")
+        return self.scorer.score(data)
+
+
+class Worker:
+    def __init__(self, model: str, holder: ModelHolder, settings: WorkerSettings, url: str | None = None) -> None:
+        self.model = model
+        self.holder = holder
+        self.settings = settings
+        self.url = url or database_url()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stopping = threading.Event()
+        self._conn: psycopg.Connection | None = None
+        self._listen: psycopg.Connection | None = None
+        self._pending: tuple[str, list[queue.Outcome]] | None = None  # scored, not yet written
+        self._last_reclaim = 0.0
+        self._announced: str | None = None
+        self.totals = queue.WriteSummary()
+
+    # --- connections -----------------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                         application_name=f"worker-{self.model}")
+        if self._listen is None or self._listen.closed:
+            self._listen = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            self._listen.execute(f'LISTEN "{queue.channel(self.model)}"')
+
+    def _disconnect(self) -> None:
+        for conn in (self._conn, self._listen):
+            if conn is not None:
+                with contextlib.suppress(Exception):  # already broken
+                    conn.close()
+        self._conn = self._listen = None
+
+    def _wait_for_work(self, timeout: float) -> None:
+        """Sleep until a NOTIFY for this model arrives, `timeout` passes or we are asked to stop."""
+        assert self._listen is not None
+        deadline = time.monotonic() + timeout
+        while not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            # short slices so that SIGTERM is honoured within a second
+            for _ in self._listen.notifies(timeout=min(left, 1.0), stop_after=1):
+                return
+
+    # --- one step ---------------------------------------------------------------------------------------------
+    def _scorer(self, scorer: Scorer) -> Any:
+        return FaultyScorer(scorer, self.settings.fault) if self.settings.fault else scorer
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        version, outcomes = self._pending
+        summary = queue.write_outcomes(self._conn, self.worker_id, version, outcomes,
+                                       retry_backoff_s=self.settings.retry_backoff_s)
+        self._pending = None
+        for key in ("done", "retried", "failed", "fenced"):
+            setattr(self.totals, key, getattr(self.totals, key) + getattr(summary, key))
+        if summary.fenced:
+            log.warning("%d result(s) not written: their lease had expired and another worker took them",
+                        summary.fenced)
+        if summary.retried or summary.failed:
+            errors = {o.error for o in outcomes if o.error}
+            log.warning("%d job(s) will be retried, %d failed for good: %s", summary.retried, summary.failed,
+                        "; ".join(sorted(errors))[:500])
+
+    def step(self) -> bool:
+        """Claim, score and write one micro-batch. False when there was nothing to do."""
+        self._connect()
+        self._flush()
+        now = time.monotonic()
+        if now - self._last_reclaim >= min(self.settings.lease_s / 2, 5.0):
+            requeued, failed = queue.reclaim_expired(self._conn, self.model)
+            self._last_reclaim = now
+            if requeued or failed:
+                log.warning("reclaimed %d job(s) with expired leases (%d out of attempts -> failed)",
+                            requeued + failed, failed)
+        scorer = self.holder.current
+        if scorer is None:  # no model yet: claim nothing, so jobs stay available to workers that have one
+            return False
+        if self._announced != scorer.version:
+            log.info("worker %s ready: model %s version %s", self.worker_id, self.model, scorer.version)
+            self._announced = scorer.version
+        jobs = queue.claim(self._conn, self.model, self.worker_id, self.settings.batch_size, self.settings.lease_s)
+        if not jobs:
+            return False
+        self._pending = (scorer.version, queue.score_jobs(self._scorer(scorer), jobs))
+        self._flush()
+        return True
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                if not self.step():
+                    wait = self.settings.idle_poll_s if self.holder.current is not None else 1.0
+                    self._wait_for_work(wait)
+                backoff = 0.5
+            except _DB_ERRORS as exc:
+                log.warning("database unavailable (%s); reconnecting in %.1fs", str(exc).strip()[:200], backoff)
+                self._disconnect()
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, self.settings.max_reconnect_backoff_s)
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        """Write what was scored, give back anything still held (no attempt used), close."""
+        try:
+            self._connect()
+            self._flush()
+            released = queue.release(self._conn, self.worker_id)
+            if released:
+                log.info("released %d job(s) back to the queue", released)
+        except _DB_ERRORS as exc:  # the leases will expire and other workers reclaim the jobs
+            log.warning("could not release jobs on shutdown (%s); their leases will expire", exc)
+        finally:
+            self._disconnect()
+        log.info("worker %s stopped: %d done, %d retried, %d failed, %d fenced", self.worker_id,
+                 self.totals.done, self.totals.retried, self.totals.failed, self.totals.fenced)
+
+    def stop(self, *_: Any) -> None:
+        self.stopping.set()
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("WORKER_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        settings = Settings.from_env()
+        worker_settings = WorkerSettings.from_env()
+        spec = load_spec(settings.model)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    holder = ModelHolder(spec, ref=settings.model_ref, poll_interval_s=settings.poll_interval_s,
+                         threads=settings.booster_threads)
+    worker = Worker(spec.name, holder, worker_settings, settings.database_url)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    holder.start()
+    try:
+        return worker.run()
+    finally:
+        holder.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

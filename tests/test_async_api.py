@@ -1,0 +1,158 @@
+"""The job endpoints through the real Flask app (create_app) on the real test PostgreSQL; the end-to-end test
+scores with an in-process Worker and the real registry model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import psycopg
+import pytest
+
+from scoring import queue
+from scoring.demo_data import generate_day
+from scoring.scorer import Scorer
+from serving.app import create_app
+from serving.config import Settings
+
+GOOD = {"tenure_months": 10, "plan": "basic", "contract": "one-year", "region": None, "payment_method": "card",
+        "monthly_charges": 55.5, "data_usage_gb": 3.2, "avg_session_minutes": None, "support_calls_30d": 1,
+        "late_payments_12m": 0, "num_products": 2, "days_since_last_login": 4}
+
+
+@pytest.fixture(scope="module")
+def app(db_url):
+    return create_app("churn", settings=Settings(model="churn", database_url=db_url), start_holder=False)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def conn(db_url):
+    with psycopg.connect(db_url, autocommit=True) as c:
+        yield c
+
+
+def n_jobs(conn) -> int:
+    return conn.execute("SELECT count(*) FROM ops.prediction_jobs").fetchone()[0]
+
+
+def test_submit_answers_202_with_location_and_status(client):
+    resp = client.post("/v1/models/churn/jobs", json={"records": [GOOD, {**GOOD, "plan": "premium"}]})
+    assert resp.status_code == 202, resp.json
+    body = resp.json
+    assert body["status"] == "queued" and body["records"] == 2 and body["model"] == "churn"
+    assert resp.headers["Location"] == body["status_url"] == f"/v1/jobs/{body['id']}"
+    status = client.get(resp.headers["Location"])
+    assert status.status_code == 200 and status.json["status"] == "queued" and "predictions" not in status.json
+    assert status.headers["Retry-After"] == "1"
+
+
+def test_idempotency_key_makes_one_job(client, conn):
+    key = f"order-{uuid.uuid4()}"
+    first = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Idempotency-Key": key})
+    again = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Idempotency-Key": key})
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json["id"] == first.json["id"] and again.headers["Idempotent-Replayed"] == "true"
+    assert conn.execute("SELECT count(*) FROM ops.prediction_jobs WHERE idempotency_key = %s",
+                        (key,)).fetchone()[0] == 1
+    changed = client.post("/v1/models/churn/jobs", json={"records": [{**GOOD, "plan": "premium"}]},
+                          headers={"Idempotency-Key": key})
+    assert changed.status_code == 422 and changed.json["error"]["code"] == "idempotency_key_reused"
+    bad_key = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Idempotency-Key": "x" * 300})
+    assert bad_key.status_code == 400
+
+
+@pytest.mark.parametrize(("body", "status", "code", "column"), [
+    ({"records": [{**GOOD, "plan": "gold"}]}, 422, "unknown_category", "plan"),
+    ({"records": [{**GOOD, "tenure_months": "ten"}]}, 422, "wrong_type", "tenure_months"),
+    ({"records": [{**GOOD, "tenure_months": None}]}, 422, "null_value", "tenure_months"),
+    ({"records": [{k: v for k, v in GOOD.items() if k != "plan"}]}, 400, "missing_column", "plan"),
+    ({"records": [{**GOOD, "colour": "red"}]}, 400, "unknown_column", "colour"),
+    ({"records": []}, 400, "invalid_input", None),
+    ({"records": "nope"}, 400, "invalid_input", None),
+    ({"rows": [GOOD]}, 400, "bad_request", None),
+    ({"records": [GOOD], "priority": 1}, 400, "bad_request", None),
+])
+def test_invalid_records_are_refused_at_the_door_and_never_queued(client, conn, body, status, code, column):
+    before = n_jobs(conn)
+    resp = client.post("/v1/models/churn/jobs", json=body)
+    assert resp.status_code == status, resp.json
+    assert resp.json["error"]["code"] == code and resp.json["error"]["column"] == column
+    assert n_jobs(conn) == before
+
+
+def test_not_json_unknown_model_and_too_many_records(client, conn):
+    before = n_jobs(conn)
+    assert client.post("/v1/models/churn/jobs", data="{", content_type="application/json").status_code == 400
+    other = client.post("/v1/models/spend/jobs", json={"records": [GOOD]})
+    assert other.status_code == 404 and "churn" in other.json["error"]["message"]
+    from serving import jobs
+
+    big = client.post("/v1/models/churn/jobs", json={"records": [GOOD] * (jobs.MAX_RECORDS + 1)})
+    assert big.status_code in (413,)
+    assert n_jobs(conn) == before
+
+
+def test_unknown_and_malformed_job_ids(client):
+    missing = client.get(f"/v1/jobs/{uuid.uuid4()}")
+    assert missing.status_code == 404 and missing.json["error"]["code"] == "job_not_found"
+    assert client.get("/v1/jobs/12345").status_code == 400
+    assert client.delete(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+    assert client.delete("/v1/jobs/not-a-uuid").json["error"]["code"] == "malformed_job_id"
+
+
+def test_cancel_queued_job_and_refuse_running(client, conn):
+    job_id = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}).json["id"]
+    resp = client.delete(f"/v1/jobs/{job_id}")
+    assert resp.status_code == 200 and resp.json["status"] == "cancelled"
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 200  # cancelling twice is harmless
+    assert client.get(f"/v1/jobs/{job_id}").json["status"] == "cancelled"
+    # a running job cannot be cancelled (claimed through the queue directly, as a worker would)
+    running = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}).json["id"]
+    conn.execute("UPDATE ops.prediction_jobs SET status = 'running', worker_id = 'w-test', attempts = 1, "
+                 "lease_expires_at = now() + interval '1 hour' WHERE id = %s", (running,))
+    refused = client.delete(f"/v1/jobs/{running}")
+    assert refused.status_code == 409 and refused.json["error"]["code"] == "job_not_cancellable"
+    queue.release(conn, "w-test")
+
+
+def test_bearer_token_protects_the_job_routes(db_url):
+    app = create_app("churn", settings=Settings(model="churn", database_url=db_url, api_token="s3cret"),
+                     start_holder=False)
+    client = app.test_client()
+    assert client.post("/v1/models/churn/jobs", json={"records": [GOOD]}).status_code == 401
+    assert client.get(f"/v1/jobs/{uuid.uuid4()}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 202
+    client.delete(ok.json["status_url"], headers={"Authorization": "Bearer s3cret"})
+
+
+def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
+    """Submit over HTTP, one in-process worker step, poll: the predictions are Scorer.score's (Invariant 1)."""
+    from serving.model_holder import ModelHolder
+    from serving.worker import Worker, WorkerSettings
+
+    spec = specs["churn"]
+    frame = generate_day(dt.date(2026, 11, 3), 40, seed=21)[spec.feature_names]
+    recs = frame.to_dict(orient="records")
+    ids = [client.post("/v1/models/churn/jobs", json={"records": recs[i:i + 4]}).json["id"] for i in range(0, 40, 4)]
+    holder = ModelHolder(spec)
+    holder.check_now()
+    worker = Worker("churn", holder, WorkerSettings(batch_size=1000), db_url)
+    try:
+        while worker.step():
+            pass
+    finally:
+        worker._shutdown()
+    want = Scorer.from_registry(spec, "champion").score(frame).records()
+    for n, job_id in enumerate(ids):
+        body = client.get(f"/v1/jobs/{job_id}").json
+        assert body["status"] == "done" and body["model_version"] == trained_models["churn"]
+        assert body["predictions"] == want[4 * n:4 * n + 4]
+        assert "Retry-After" not in client.get(f"/v1/jobs/{job_id}").headers
+    done = client.delete(f"/v1/jobs/{ids[0]}")
+    assert done.status_code == 409
