@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv test lint
+.PHONY: venv test lint up down status demo
 
 # The venv is (re)built when requirements.txt or pyproject.toml change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -22,3 +22,17 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# The local platform (stack/): PostgreSQL, MLflow, Airflow, one gunicorn + async worker per served model.
+# Logs, PID files and data under .local/ (STACK_HOME); ports configurable (see stack/config.py).
+up: venv
+	$(PY) -m stack.up up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m stack.up down; else echo "no $(VENV): nothing was started"; fi
+
+status: venv
+	$(PY) -m stack.up status
+
+demo: up
+	$(PY) -m stack.demo

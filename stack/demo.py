@@ -1,0 +1,225 @@
+"""`make demo`: the running platform (after `make up`) shown end to end, idempotently.
+
+1. seeds the demo feature history (35 days x 20,000 customers ending today) - only the days that are missing;
+2. trains every model through Airflow's REST API (`train_<model>`) - skipped for a model that already has a
+   `champion` in MLflow, unless --retrain;
+3. triggers today's batch predictions (`predict_<model>`, when those DAGs exist) - a run that already
+   succeeded is kept, a failed one is cleared and re-run;
+4. prints (and runs) a SQL query over the results and a curl against the serving app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psycopg
+
+from stack.airflow_api import AirflowApiError, AirflowClient
+from stack.config import REPO, ConfigError, StackConfig
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- 1. features ---------------------------------------------------------------------------------------------
+
+def seed_features(url: str, end: dt.date, days: int, customers: int) -> int:
+    """Write the snapshots of [end - days + 1, end] that are missing or incomplete; returns days written."""
+    from scoring.demo_data import TABLE, generate_day, write_day
+
+    start = end - dt.timedelta(days=days - 1)
+    with psycopg.connect(url) as conn:
+        have = dict(conn.execute(f"SELECT snapshot_date, count(*) FROM {TABLE} "  # noqa: S608 - fixed table
+                                 "WHERE snapshot_date BETWEEN %s AND %s GROUP BY 1", (start, end)).fetchall())
+        conn.commit()
+        todo = [start + dt.timedelta(days=i) for i in range(days)
+                if have.get(start + dt.timedelta(days=i), 0) < customers]
+        began = time.monotonic()
+        for day in todo:
+            write_day(conn, generate_day(day, customers), day)
+    if todo:
+        say(f"features: wrote {len(todo)} day(s) x {customers} customers into {TABLE} "
+            f"({todo[0]}..{todo[-1]}) in {time.monotonic() - began:.1f}s")
+    else:
+        say(f"features: {days} days x {customers} customers ending {end} already present")
+    return len(todo)
+
+
+# --- 2./3. DAG runs ------------------------------------------------------------------------------------------
+
+def has_champion(mlflow_url: str, model: str) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient(tracking_uri=mlflow_url).get_model_version_by_alias(model, "champion").version
+    except MlflowException:
+        return None
+
+
+def run_and_wait(api: AirflowClient, runs: list[tuple[str, str, dt.datetime]], timeout: float) -> None:
+    """Trigger (or reuse) each (dag_id, run_id, logical_date) and wait for all; DemoError if any fails."""
+    for dag_id, run_id, logical_date in runs:
+        existing = api.dag_run(dag_id, run_id)
+        if existing is None:
+            api.trigger(dag_id, run_id, logical_date)
+            say(f"  {dag_id}: triggered run {run_id}")
+        elif existing["state"] == "failed":
+            api.clear(dag_id, run_id)
+            say(f"  {dag_id}: run {run_id} had failed; cleared it to run again")
+        else:
+            say(f"  {dag_id}: run {run_id} exists ({existing['state']})")
+    failed = []
+    for dag_id, run_id, _ in runs:
+        began = time.monotonic()
+        state = api.wait(dag_id, run_id, timeout)
+        say(f"  {dag_id}: {state} ({time.monotonic() - began:.0f}s waited)")
+        if state != "success":
+            bad = {t: s for t, s in api.task_states(dag_id, run_id).items() if s != "success"}
+            failed.append(f"{dag_id} run {run_id}: {bad} - see {api.base_url}/dags/{dag_id}/runs/{run_id}")
+    if failed:
+        raise DemoError("DAG run(s) failed:\n  " + "\n  ".join(failed))
+
+
+def wait_for_dags(api: AirflowClient, dag_ids: list[str], timeout: float) -> None:
+    for dag_id in dag_ids:
+        if api.wait_for_dag(dag_id, timeout) is None:
+            errors = "; ".join(f"{e.get('filename')}: {str(e.get('stack_trace', ''))[-300:]}"
+                               for e in api.import_errors())
+            raise DemoError(f"DAG {dag_id} is not in Airflow after {timeout:.0f}s "
+                            f"({'import errors: ' + errors if errors else 'no import errors; is its file in dags/?'})")
+
+
+# --- 4. show the results -------------------------------------------------------------------------------------
+
+def show_results(cfg: StackConfig, models: list[str], tables: dict[str, str], day: dt.date) -> None:
+    url = cfg.db_url("serving")
+    say("\nResults in PostgreSQL:")
+    with psycopg.connect(url) as conn:
+        for model in models:
+            query = (f"SELECT prediction_date, model_version, count(*) AS rows, round(avg(score)::numeric, 4) AS "
+                     f"avg_score FROM {tables[model]} WHERE prediction_date = '{day}' GROUP BY 1, 2")
+            rows = conn.execute(query).fetchall()
+            say(f"  psql {url} -c {shlex.quote(query)}")
+            for row in rows or [("(no rows yet)",)]:
+                say(f"    {' | '.join(str(v) for v in row)}")
+
+
+def _post_json(url: str, body: dict[str, Any]) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def show_curl(cfg: StackConfig, model: str, index: int, day: dt.date, wait_s: float = 60) -> None:
+    """A live prediction for one real customer's features of `day`, through the MLflow scoring protocol."""
+    from scoring.spec import load_spec
+
+    spec = load_spec(model)
+    cols = ", ".join(spec.feature_names)
+    with psycopg.connect(cfg.db_url("serving")) as conn:
+        cur = conn.execute(f"SELECT {cols} FROM {spec.source.table} WHERE {spec.source.date_column} = %s "
+                           f"ORDER BY {spec.source.entity_key} LIMIT 1", (day,))
+        names = [d.name for d in cur.description]
+        row = cur.fetchone()
+    if row is None:
+        return
+    body = {"dataframe_records": [json.loads(json.dumps(dict(zip(names, row, strict=True)), default=float))]}
+    url = f"{cfg.serving_url(index)}/invocations"
+    # The app reloads the champion by itself (alias polling): give it a moment after training.
+    deadline = time.time() + wait_s
+    status, text = _post_json(url, body)
+    while status == 503 and time.time() < deadline:
+        time.sleep(2)
+        status, text = _post_json(url, body)
+    say(f"\nLive prediction ({model}):\n  curl -s -X POST {url} -H 'Content-Type: application/json' \\\n"
+        f"       -d {shlex.quote(json.dumps(body))}")
+    say(f"  -> HTTP {status}: {text.strip()[:400]}")
+
+
+# --- main ----------------------------------------------------------------------------------------------------
+
+def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: float) -> None:
+    from scoring.spec import load_specs
+
+    specs = load_specs()
+    today = dt.datetime.now(dt.UTC).date()
+    seed_features(cfg.db_url("serving"), today, days, customers)
+
+    try:
+        api = AirflowClient(cfg.airflow_url, cfg.admin_user, cfg.admin_password)
+    except (AirflowApiError, OSError) as exc:
+        raise DemoError(f"Airflow is not reachable at {cfg.airflow_url} ({exc}); run `make up` first") from exc
+    models = list(specs)
+    wait_for_dags(api, [f"train_{m}" for m in models], timeout=180)
+
+    to_train = []
+    for model in models:
+        version = None if retrain else has_champion(cfg.mlflow_url, model)
+        if version:
+            say(f"training: {model} already has a champion (version {version}); skipped (--retrain to train again)")
+        else:
+            to_train.append(model)
+    if to_train:
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        say(f"training through Airflow ({cfg.airflow_url}): {', '.join(to_train)}")
+        run_and_wait(api, [(f"train_{m}", f"demo__{now:%Y%m%dT%H%M%S}", now) for m in to_train], timeout)
+    for model in models:
+        say(f"  {model}: champion is version {has_champion(cfg.mlflow_url, model)} "
+            f"({cfg.mlflow_url}/#/models/{model})")
+
+    # predict DAGs are optional (another part of the platform); only wait for them when a DAG file defines them
+    expected = any("predict_" in path.read_text() for path in (REPO / "dags").glob("*.py"))
+    predict = [m for m in models if expected and api.wait_for_dag(f"predict_{m}", timeout=60) is not None]
+    if predict:
+        midnight = dt.datetime.combine(today, dt.time(), tzinfo=dt.UTC)
+        say(f"batch predictions for {today}: {', '.join(predict)}")
+        run_and_wait(api, [(f"predict_{m}", f"demo__{today}", midnight) for m in predict], timeout)
+        show_results(cfg, predict, {m: specs[m].prediction_table for m in predict}, today)
+    else:
+        say("batch predictions: no predict_<model> DAG in this checkout yet; skipped")
+
+    online = [m for m in models if specs[m].serving.online]
+    if online:
+        show_curl(cfg, online[0], 0, today)
+    say(f"\nAirflow UI: {cfg.airflow_url} (login {cfg.admin_user} / {cfg.admin_password}) · MLflow: {cfg.mlflow_url}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--retrain", action="store_true", help="train again even when a champion exists")
+    parser.add_argument("--days", type=int, default=35, help="days of feature history (default 35)")
+    parser.add_argument("--customers", type=int, default=20_000, help="customers per day (default 20000)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each DAG run")
+    args = parser.parse_args(argv)
+    began = time.monotonic()
+    try:
+        demo(StackConfig.from_env(), args.retrain, args.days, args.customers, args.timeout)
+    except (DemoError, AirflowApiError, ConfigError, psycopg.Error) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    say(f"(demo in {time.monotonic() - began:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

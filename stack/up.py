@@ -1,0 +1,369 @@
+"""`make up` / `make down` / `make status`: the local platform as background processes with PID files.
+
+up      idempotent: a service whose PID file names a live process is left alone (and must be healthy);
+        everything else is started in order and waited for. Any failure (a port taken, a missing PostgreSQL
+        binary, a service that exits or never becomes healthy) names the service and why, stops whatever
+        *this* run started, and exits non-zero.
+down    stops exactly what the PID files name (process groups, then stragglers), keeping all data.
+status  a table of services, PIDs, ports and health.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from stack.catalogue import Service, airflow_env, catalogue, write_airflow_login
+from stack.config import DATABASES, REPO, ConfigError, StackConfig
+from stack.pg import PgCluster, PgError, pg_bindir, port_in_use
+from stack.procs import PidRecord, alive, port_owner, read_pid, spawn, tail, terminate, write_pid
+
+Out = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    """`make up` cannot bring a service up; the message names the service and the reason."""
+
+
+@dataclass
+class Started:
+    name: str
+    record: PidRecord
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------
+
+def _cluster(cfg: StackConfig) -> PgCluster:
+    return PgCluster(cfg.pgdata, cfg.pg_port)
+
+
+def _postmaster_record(cluster: PgCluster) -> PidRecord | None:
+    import psutil
+
+    try:
+        pid = int((cluster.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        return PidRecord(pid=pid, create_time=psutil.Process(pid).create_time(),
+                         argv=["pg_ctl", "-D", str(cluster.datadir)], port=cluster.port, kind="pg_ctl")
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+def _pg_running(cfg: StackConfig) -> bool:
+    cluster = _cluster(cfg)
+    return cluster.initialized() and cluster.running()
+
+
+def ensure_postgres(cfg: StackConfig, started: list[Started], out: Out) -> None:
+    if not cfg.local_postgres:
+        try:
+            with psycopg.connect(cfg.db_url("postgres"), connect_timeout=5, autocommit=True) as conn:
+                for name in DATABASES:
+                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                        conn.execute(f'CREATE DATABASE "{name}"')
+        except psycopg.Error as exc:
+            raise StackError(f"postgres: cannot use the server from DATABASE_URL ({exc})") from exc
+        out("postgres: using the existing server from DATABASE_URL")
+        return
+    cluster = _cluster(cfg)
+    pid_path = cfg.pid_file("postgres")
+    if _pg_running(cfg):
+        if not alive(read_pid(pid_path)) and (record := _postmaster_record(cluster)):
+            write_pid(pid_path, record)  # our project-local cluster: `make down` owns it
+        out(f"postgres: already running (port {cfg.pg_port})")
+    else:
+        cfg.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            cluster.init()
+            cluster.start()
+        except PgError as exc:
+            raise StackError(f"postgres: {exc}") from exc
+        record = _postmaster_record(cluster)
+        if record is None:
+            raise StackError(f"postgres: started but {cluster.datadir}/postmaster.pid is unreadable")
+        write_pid(pid_path, record)
+        started.append(Started("postgres", record))
+        out(f"postgres: started (pid {record.pid}, port {cfg.pg_port}, data {cfg.pgdata})")
+    for name in DATABASES:
+        cluster.create_database(name)
+
+
+def apply_migrations(cfg: StackConfig, out: Out) -> None:
+    from scoring.migrate import MigrationError
+    from scoring.migrate import apply_migrations as migrate
+
+    try:
+        applied = migrate(cfg.db_url("serving"))
+    except (MigrationError, psycopg.Error) as exc:
+        raise StackError(f"migrations: {exc}") from exc
+    out(f"migrations: {'applied ' + ', '.join(applied) if applied else 'up to date'}")
+
+
+def prepare_airflow(cfg: StackConfig, out: Out) -> None:
+    """The fixed admin login and `airflow db migrate` (idempotent), before any Airflow component starts."""
+    write_airflow_login(cfg)
+    log = cfg.log_file("airflow-db-migrate")
+    started = time.monotonic()
+    with open(log, "ab") as fh:
+        result = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], cwd=REPO,
+                                env=airflow_env(cfg), stdout=fh, stderr=subprocess.STDOUT, timeout=900,
+                                check=False)
+    if result.returncode != 0:
+        raise StackError(f"airflow: `airflow db migrate` failed (exit {result.returncode}); last lines of {log}:\n"
+                         f"{tail(log)}")
+    out(f"airflow: metadata database migrated ({time.monotonic() - started:.0f}s)")
+
+
+# --- services --------------------------------------------------------------------------------------------
+
+def wait_healthy(svc: Service, record: PidRecord, proc: subprocess.Popen | None) -> str | None:
+    """None once `svc` is healthy; else why not (it exited, or its probe kept failing until the timeout)."""
+    deadline = time.time() + svc.timeout
+    reason = "not checked"
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return f"process exited with code {proc.returncode}"
+        if proc is None and not alive(record):
+            return "process exited"
+        reason = svc.health(record.create_time if proc is not None else None)
+        if reason is None and time.time() - record.create_time >= svc.settle:
+            return None
+        time.sleep(0.5)
+    return f"not healthy after {svc.timeout:.0f}s: {reason}"
+
+
+def preflight(cfg: StackConfig, services: list[Service]) -> None:
+    """Fail before starting anything: missing PostgreSQL binaries, ports taken by other programs."""
+    if cfg.local_postgres:
+        try:
+            bindir = pg_bindir()
+        except PgError as exc:
+            raise StackError(f"postgres: {exc}") from exc
+        for binary in ("initdb", "pg_ctl"):
+            if not (bindir / binary).exists():
+                raise StackError(f"postgres: {bindir / binary} not found: install the Debian package 'postgresql' "
+                                 f"or set PG_BINDIR to the folder holding initdb and pg_ctl")
+        if not _pg_running(cfg) and port_in_use(cfg.pg_port):
+            raise StackError(_taken("postgres", cfg.pg_port, "STACK_PG_PORT"))
+    overrides = {"mlflow": "STACK_MLFLOW_PORT", "airflow": "STACK_AIRFLOW_PORT", "serving": "STACK_SERVING_PORT"}
+    for svc in services:
+        if svc.port and not alive(read_pid(cfg.pid_file(svc.name))) and port_in_use(svc.port):
+            raise StackError(_taken(svc.name, svc.port, overrides.get(svc.component, "")))
+
+
+def _taken(name: str, port: int, variable: str) -> str:
+    owner = port_owner(port)
+    return (f"{name}: port {port} is already taken{' by ' + owner if owner else ''}; stop that program or set "
+            f"{variable} to another port")
+
+
+def start_service(cfg: StackConfig, svc: Service, started: list[Started], out: Out) -> None:
+    pid_path = cfg.pid_file(svc.name)
+    record = read_pid(pid_path)
+    if alive(record):
+        reason = wait_healthy(svc, record, None)
+        if reason:
+            raise StackError(f"{svc.name}: running as pid {record.pid} but {reason}; see {cfg.log_file(svc.name)} "
+                             f"(`make down` then `make up` restarts it)")
+        out(f"{svc.name}: already running (pid {record.pid})")
+        return
+    pid_path.unlink(missing_ok=True)  # stale: the process is gone
+    proc, record = spawn(svc.argv, svc.env, cfg.log_file(svc.name), pid_path, REPO, svc.port)
+    started.append(Started(svc.name, record))
+    began = time.monotonic()
+    reason = wait_healthy(svc, record, proc)
+    if reason:
+        raise StackError(f"{svc.name}: failed to start: {reason}; last lines of {cfg.log_file(svc.name)}:\n"
+                         f"{tail(cfg.log_file(svc.name))}")
+    out(f"{svc.name}: started (pid {record.pid}{f', port {svc.port}' if svc.port else ''}, "
+        f"healthy after {time.monotonic() - began:.0f}s)")
+
+
+def stop_record(cfg: StackConfig, name: str, record: PidRecord) -> bool:
+    if record.kind == "pg_ctl":
+        cluster = PgCluster(Path(record.argv[-1]), record.port or cfg.pg_port)
+        if not (alive(record) or (cluster.initialized() and cluster.running())):
+            return False
+        cluster.stop()
+        return True
+    return terminate(record)
+
+
+def up(cfg: StackConfig, out: Out = print) -> list[Service]:
+    """Bring the stack up; on failure stop what this call started and raise StackError."""
+    for folder in (cfg.home, cfg.run_dir, cfg.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    cfg.home.chmod(0o755)  # the postgres user must reach pgdata inside it
+    services, notes = catalogue(cfg)
+    preflight(cfg, services)
+    started: list[Started] = []
+    try:
+        if cfg.wants("postgres") or not cfg.local_postgres:
+            ensure_postgres(cfg, started, out)
+        apply_migrations(cfg, out)
+        airflow_ready = False
+        for svc in services:
+            if svc.component == "airflow" and not airflow_ready and not alive(read_pid(cfg.pid_file(svc.name))):
+                prepare_airflow(cfg, out)
+                airflow_ready = True
+            start_service(cfg, svc, started, out)
+    except BaseException:
+        for item in reversed(started):
+            stop_record(cfg, item.name, item.record)
+            cfg.pid_file(item.name).unlink(missing_ok=True)
+        if started:
+            out(f"stopped what this run had started: {', '.join(s.name for s in started)}")
+        raise
+    for note in notes:
+        out(f"note: {note}")
+    write_env_file(cfg)
+    return services
+
+
+# --- down / status ---------------------------------------------------------------------------------------
+
+def _stop_tier(name: str) -> int:
+    """Stopped tier by tier, each tier in parallel: clients first (workers, serving apps, Airflow components),
+    then what they talk to (Airflow api-server, MLflow), PostgreSQL last."""
+    if name == "postgres":
+        return 2
+    if name in ("airflow-api-server", "mlflow"):
+        return 1
+    return 0
+
+
+def down(cfg: StackConfig, out: Out = print) -> list[str]:
+    pid_files = sorted(cfg.run_dir.glob("*.pid")) if cfg.run_dir.exists() else []
+    if not pid_files:
+        out(f"nothing to stop (no PID files in {cfg.run_dir})")
+        return []
+
+    def stop(path: Path) -> tuple[str, str]:
+        record = read_pid(path)
+        began = time.monotonic()
+        was_running = record is not None and stop_record(cfg, path.stem, record)
+        path.unlink(missing_ok=True)
+        if was_running:
+            return path.stem, f"{path.stem}: stopped (pid {record.pid}, {time.monotonic() - began:.1f}s)"
+        return "", f"{path.stem}: was not running"
+
+    stopped = []
+    for tier in range(3):
+        paths = [p for p in pid_files if _stop_tier(p.stem) == tier]
+        if not paths:
+            continue
+        with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+            for name, message in pool.map(stop, paths):
+                out(message)
+                if name:
+                    stopped.append(name)
+    return stopped
+
+
+def status_rows(cfg: StackConfig) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    if cfg.local_postgres and cfg.wants("postgres"):
+        record = read_pid(cfg.pid_file("postgres"))
+        running = _pg_running(cfg)
+        pid = str(record.pid) if record and alive(record) else "-"
+        rows.append(("postgres", pid, str(cfg.pg_port), "healthy" if running else "stopped", cfg.db_url("serving")))
+    services, _ = catalogue(cfg)
+    for svc in services:
+        record = read_pid(cfg.pid_file(svc.name))
+        if not alive(record):
+            health = "stopped (stale PID file)" if record else "stopped"
+            rows.append((svc.name, "-", str(svc.port or "-"), health, svc.url or ""))
+            continue
+        reason = svc.health(None)
+        rows.append((svc.name, str(record.pid), str(svc.port or "-"), "healthy" if reason is None
+                     else f"unhealthy: {reason}", svc.url or ""))
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+# --- summary ---------------------------------------------------------------------------------------------
+
+def write_env_file(cfg: StackConfig) -> Path:
+    """`source .local/stack.env` gives a shell the stack's settings (airflow CLI, psql, mlflow client)."""
+    env = airflow_env(cfg) if cfg.wants("airflow") else {}
+    keys = sorted(k for k in env if k.startswith("AIRFLOW"))
+    lines = [f"export DATABASE_URL={shlex.quote(cfg.db_url('serving'))}",
+             f"export MLFLOW_TRACKING_URI={shlex.quote(cfg.mlflow_url)}",
+             *[f"export {k}={shlex.quote(env[k])}" for k in keys]]
+    path = cfg.home / "stack.env"
+    path.touch(mode=0o600)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def summary(cfg: StackConfig, services: list[Service]) -> str:
+    serving = [s for s in services if s.component == "serving"]
+    lines = ["", "The platform is up.", ""]
+    lines.append(f"  PostgreSQL  {cfg.db_url('serving')}  (databases: {', '.join(DATABASES)})")
+    if cfg.wants("mlflow"):
+        lines.append(f"  MLflow      {cfg.mlflow_url}  (UI + registry; artifacts in {cfg.artifacts_dir})")
+    if cfg.wants("airflow"):
+        lines.append(f"  Airflow     {cfg.airflow_url}  login: {cfg.admin_user} / {cfg.admin_password}")
+    for svc in serving:
+        lines.append(f"  {svc.name:<11} {svc.url}  (health {svc.url}/healthz)")
+    workers = [s.name for s in services if s.component == "worker"]
+    if workers:
+        lines.append(f"  workers     {', '.join(workers)}")
+    lines += [f"  logs        {cfg.log_dir}    PID files {cfg.run_dir}", "", "Try:"]
+    if serving:
+        lines.append(f"  curl -s {serving[0].url}/healthz")
+    lines.append(f"  psql {cfg.db_url('serving')} -c "
+                 "\"SELECT snapshot_date, count(*) FROM features.customer_daily GROUP BY 1 ORDER BY 1 DESC LIMIT 3\"")
+    if cfg.wants("airflow"):
+        lines += [
+            f"  TOKEN=$(curl -s -X POST {cfg.airflow_url}/auth/token -H 'Content-Type: application/json' \\",
+            f"          -d '{{\"username\": \"{cfg.admin_user}\", \"password\": \"{cfg.admin_password}\"}}' \\",
+            "          | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+            f"  curl -s -H \"Authorization: Bearer $TOKEN\" {cfg.airflow_url}/api/v2/dags",
+            f"  source {cfg.home / 'stack.env'} && airflow dags list   # the Airflow CLI against this stack",
+        ]
+    lines += ["  make demo     # seed features, train, predict, show results", "  make status | make down"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.up", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"], nargs="?", default="up")
+    args = parser.parse_args(argv)
+    try:
+        cfg = StackConfig.from_env()
+        if args.command == "up":
+            began = time.monotonic()
+            services = up(cfg)
+            print(summary(cfg, services))
+            print(f"\n(up in {time.monotonic() - began:.0f}s)")
+        elif args.command == "down":
+            down(cfg)
+        else:
+            print(format_table(status_rows(cfg), ("SERVICE", "PID", "PORT", "HEALTH", "URL")))
+    except (StackError, ConfigError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
