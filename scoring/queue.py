@@ -245,7 +245,28 @@ class JobScorer(Protocol):
     def score(self, data: Any) -> Predictions: ...
 
 
-def score_jobs(scorer: JobScorer, jobs: Sequence[ClaimedJob]) -> list[Outcome]:
+def split_entity_key(records: Sequence[Mapping[str, Any]], entity_key: str | None
+                     ) -> tuple[Sequence[Mapping[str, Any]], list[Any] | None]:
+    """Records may carry the model's entity key (to tell results apart); it is not a feature, so it is set aside
+    before scoring (as live predict does) and echoed in each prediction. Returns (features, keys or None)."""
+    if not entity_key or not any(entity_key in rec for rec in records):
+        return records, None
+    return [{k: v for k, v in rec.items() if k != entity_key} for rec in records], [rec.get(entity_key)
+                                                                                for rec in records]
+
+
+def _predict(scorer: JobScorer, records: Sequence[Mapping[str, Any]], entity_key: str | None
+             ) -> list[dict[str, Any]]:
+    features, keys = split_entity_key(records, entity_key)
+    rows = scorer.score(features).records()
+    if keys is not None:
+        for row, key in zip(rows, keys, strict=True):
+            if key is not None:
+                row[entity_key] = key
+    return rows
+
+
+def score_jobs(scorer: JobScorer, jobs: Sequence[ClaimedJob], *, entity_key: str | None = None) -> list[Outcome]:
     """Micro-batch: the records of all jobs in ONE scorer call, split back per job in order.
 
     If the batch call fails, each job is scored on its own so that one poison job fails alone and its
@@ -253,13 +274,10 @@ def score_jobs(scorer: JobScorer, jobs: Sequence[ClaimedJob]) -> list[Outcome]:
     """
     if not jobs:
         return []
-    records = [rec for job in jobs for rec in job.records]
     try:
-        rows = scorer.score(records).records()
+        rows = _predict(scorer, [rec for job in jobs for rec in job.records], entity_key)
     except Exception:
-        if len(jobs) == 1:
-            return [_score_one(scorer, jobs[0])]
-        return [_score_one(scorer, job) for job in jobs]
+        return [_score_one(scorer, job, entity_key) for job in jobs]
     out, start = [], 0
     for job in jobs:
         out.append(Outcome(job, result=rows[start:start + len(job.records)]))
@@ -267,9 +285,9 @@ def score_jobs(scorer: JobScorer, jobs: Sequence[ClaimedJob]) -> list[Outcome]:
     return out
 
 
-def _score_one(scorer: JobScorer, job: ClaimedJob) -> Outcome:
+def _score_one(scorer: JobScorer, job: ClaimedJob, entity_key: str | None) -> Outcome:
     try:
-        return Outcome(job, result=scorer.score(job.records).records())
+        return Outcome(job, result=_predict(scorer, job.records, entity_key))
     except Exception as exc:  # the reason is kept on the job; the worker goes on
         return Outcome(job, error=f"{type(exc).__name__}: {exc}")
 

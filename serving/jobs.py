@@ -13,7 +13,6 @@ needs only the spec, so submits are accepted even while no model version is load
 from __future__ import annotations
 
 import atexit
-import hmac
 import os
 import threading
 from typing import Any
@@ -24,8 +23,12 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from scoring import queue
 from scoring.db import database_url
-from scoring.encoding import encode
+from scoring.encoding import encode_columns
+from serving.blueprints.v1 import check_model
 from serving.errors import ApiError
+from serving.fast_encode import records_to_fast_columns
+from serving.middleware import require_token
+from serving.requests_json import json_body
 from serving.state import state
 
 bp = Blueprint("jobs", __name__)
@@ -58,16 +61,6 @@ def _db_unavailable(exc: Exception) -> ApiError:
                     headers={"Retry-After": "1"})
 
 
-def _check_auth() -> None:
-    token = state().settings.api_token
-    if token is None:
-        return
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise ApiError(401, "unauthorized", "a valid bearer token is required",
-                       headers={"WWW-Authenticate": 'Bearer realm="serving"'})
-
-
 def _job_id(raw: str) -> Any:
     try:
         return queue.parse_job_id(raw)
@@ -90,30 +83,38 @@ def _job_response(job: queue.Job, status: int, **headers: str) -> Response:
     return resp
 
 
-def _records() -> list[Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict) or "records" not in data:
-        raise ApiError(400, "bad_request", 'the body must be a JSON object {"records": [{...}, ...]}')
-    extra = sorted(set(data) - {"records"})
-    if extra:
-        raise ApiError(400, "bad_request", f"unknown field '{extra[0]}' (the body takes only 'records')")
-    records = data["records"]
-    if isinstance(records, list) and len(records) > MAX_RECORDS:
-        raise ApiError(413, "too_many_records", f"a job takes at most {MAX_RECORDS} records, got {len(records)}")
+def _records() -> list[dict[str, Any]]:
+    """The body's records, with the same checks and error codes as live predict."""
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", 'expected a JSON object {"records": [...]}')
+    unknown = sorted(set(body) - {"records"})
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field '{unknown[0]}' (allowed: records)")
+    records = body.get("records")
+    if not isinstance(records, list) or not records:
+        raise ApiError(400, "invalid_records", "'records' must be a non-empty list of objects")
+    if len(records) > MAX_RECORDS:
+        raise ApiError(413, "too_many_records",
+                       f"{len(records)} records in one job; the limit is {MAX_RECORDS} (SERVING_JOB_MAX_RECORDS)")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ApiError(400, "invalid_records", f"row {i}: each record must be an object", row=i)
     return records
 
 
 @bp.post("/v1/models/<model>/jobs")
 def submit_job(model: str) -> Response:
-    _check_auth()
     st = state()
-    if model != st.spec.name:
-        raise ApiError(404, "unknown_model", f"this deployment serves model '{st.spec.name}', not '{model}'")
+    require_token(st.settings.api_token)
+    check_model(st, model)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
         raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters")
     records = _records()
-    encode(st.spec, records)  # the live predict rules: an InputError here is the same 4xx, and nothing is queued
+    # The live predict rules (same encoder, same fast path): an InputError here is the same 4xx, nothing is queued.
+    features, _ = queue.split_entity_key(records, st.spec.source.entity_key)
+    encode_columns(st.spec, records_to_fast_columns(features, st.category_maps))
     try:
         with _pool().connection() as conn:
             job, created = queue.submit(conn, model, records, idempotency_key=key)
@@ -131,7 +132,7 @@ def submit_job(model: str) -> Response:
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    _check_auth()
+    require_token(state().settings.api_token)
     jid = _job_id(job_id)
     try:
         with _pool().connection() as conn:
@@ -145,7 +146,7 @@ def get_job(job_id: str) -> Response:
 
 @bp.delete("/v1/jobs/<job_id>")
 def cancel_job(job_id: str) -> Response:
-    _check_auth()
+    require_token(state().settings.api_token)
     jid = _job_id(job_id)
     try:
         with _pool().connection() as conn:

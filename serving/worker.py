@@ -177,7 +177,8 @@ class Worker:
         jobs = queue.claim(self._conn, self.model, self.worker_id, self.settings.batch_size, self.settings.lease_s)
         if not jobs:
             return False
-        self._pending = (scorer.version, queue.score_jobs(self._scorer(scorer), jobs))
+        outcomes = queue.score_jobs(self._scorer(scorer), jobs, entity_key=self.holder.spec.source.entity_key)
+        self._pending = (scorer.version, outcomes)
         self._flush()
         return True
 

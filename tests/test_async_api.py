@@ -72,10 +72,12 @@ def test_idempotency_key_makes_one_job(client, conn):
     ({"records": [{**GOOD, "tenure_months": None}]}, 422, "null_value", "tenure_months"),
     ({"records": [{k: v for k, v in GOOD.items() if k != "plan"}]}, 400, "missing_column", "plan"),
     ({"records": [{**GOOD, "colour": "red"}]}, 400, "unknown_column", "colour"),
-    ({"records": []}, 400, "invalid_input", None),
-    ({"records": "nope"}, 400, "invalid_input", None),
-    ({"rows": [GOOD]}, 400, "bad_request", None),
-    ({"records": [GOOD], "priority": 1}, 400, "bad_request", None),
+    ({"records": []}, 400, "invalid_records", None),
+    ({"records": "nope"}, 400, "invalid_records", None),
+    ({"records": [GOOD, 3]}, 400, "invalid_records", None),
+    ({"rows": [GOOD]}, 400, "unknown_field", None),
+    ({"records": [GOOD], "priority": 1}, 400, "unknown_field", None),
+    ([GOOD], 400, "invalid_body", None),
 ])
 def test_invalid_records_are_refused_at_the_door_and_never_queued(client, conn, body, status, code, column):
     before = n_jobs(conn)
@@ -85,15 +87,17 @@ def test_invalid_records_are_refused_at_the_door_and_never_queued(client, conn, 
     assert n_jobs(conn) == before
 
 
-def test_not_json_unknown_model_and_too_many_records(client, conn):
+def test_not_json_unknown_model_and_too_many_records(client, conn, monkeypatch):
     before = n_jobs(conn)
     assert client.post("/v1/models/churn/jobs", data="{", content_type="application/json").status_code == 400
+    assert client.post("/v1/models/churn/jobs", data="records", content_type="text/plain").status_code == 415
     other = client.post("/v1/models/spend/jobs", json={"records": [GOOD]})
     assert other.status_code == 404 and "churn" in other.json["error"]["message"]
     from serving import jobs
 
-    big = client.post("/v1/models/churn/jobs", json={"records": [GOOD] * (jobs.MAX_RECORDS + 1)})
-    assert big.status_code in (413,)
+    monkeypatch.setattr(jobs, "MAX_RECORDS", 5)  # the setting (SERVING_JOB_MAX_RECORDS), small for the test
+    big = client.post("/v1/models/churn/jobs", json={"records": [GOOD] * 6})
+    assert big.status_code == 413 and big.json["error"]["code"] == "too_many_records"
     assert n_jobs(conn) == before
 
 
@@ -139,6 +143,7 @@ def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
     spec = specs["churn"]
     frame = generate_day(dt.date(2026, 11, 3), 40, seed=21)[spec.feature_names]
     recs = frame.to_dict(orient="records")
+    recs[0]["customer_id"] = 777  # the entity key may ride along: set aside for scoring, echoed in the result
     ids = [client.post("/v1/models/churn/jobs", json={"records": recs[i:i + 4]}).json["id"] for i in range(0, 40, 4)]
     holder = ModelHolder(spec)
     holder.check_now()
@@ -149,6 +154,7 @@ def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
     finally:
         worker._shutdown()
     want = Scorer.from_registry(spec, "champion").score(frame).records()
+    want[0]["customer_id"] = 777
     for n, job_id in enumerate(ids):
         body = client.get(f"/v1/jobs/{job_id}").json
         assert body["status"] == "done" and body["model_version"] == trained_models["churn"]
