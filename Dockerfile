@@ -1,0 +1,39 @@
+# One image for the whole platform (docker-compose.yaml runs it as postgres-migrations, MLflow, every Airflow
+# component, the serving app per model and the async worker per model).
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GIT_PYTHON_REFRESH=quiet \
+    AIRFLOW_HOME=/opt/airflow
+
+# libgomp1: XGBoost's OpenMP runtime (not in the slim base image).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/platform
+
+# Dependencies first (exact pins: requirements.txt is the constraint set), so code changes reuse this layer.
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+
+COPY pyproject.toml models.yaml ./
+COPY scoring/ scoring/
+COPY serving/ serving/
+COPY stack/ stack/
+COPY sql/ sql/
+COPY dags/ dags/
+COPY plugins/ plugins/
+COPY mlflow/ mlflow/
+# Editable: the core finds models.yaml and sql/ next to its package, as in a checkout.
+RUN pip install --no-deps -e . && python -c "import scoring.spec as s; s.load_specs()"
+
+# An unprivileged user (uid 50000, as in Airflow's images); the folders that named volumes mount over are its.
+RUN useradd --uid 50000 --gid 0 --home-dir /opt/airflow --create-home platform \
+    && mkdir -p /opt/airflow/logs /opt/airflow/auth /opt/mlartifacts \
+    && chown -R 50000:0 /opt/airflow /opt/mlartifacts
+USER 50000
+
+CMD ["python", "-m", "scoring.migrate"]

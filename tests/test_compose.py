@@ -1,0 +1,190 @@
+"""The container deployment's structure (no Docker engine here): docker-compose.yaml, Dockerfile, .env.example."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scoring.spec import load_specs
+
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW = ["airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
+ONE_SHOT = {"db-init", "airflow-init"}  # jobs that run to completion: no healthcheck, restart "no"
+# `$${X}` is compose's escape (expanded by the container's shell), not a compose variable
+VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
+SECRET_WORD = re.compile(r"password|secret|token|fernet|key", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def raw() -> str:
+    return (REPO / "docker-compose.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(raw: str) -> dict[str, Any]:
+    return yaml.safe_load(raw)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def online_models() -> list[str]:
+    return [name for name, spec in load_specs().items() if spec.serving.online]
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    assert isinstance(env, dict), "environment must be a mapping (merged from anchors)"
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_every_platform_service_is_present(services: dict[str, dict[str, Any]]) -> None:
+    expected = {"postgres", "db-init", "mlflow", *AIRFLOW}
+    expected |= {f"serving-{m}" for m in online_models()} | {f"worker-{m}" for m in online_models()}
+    assert expected <= set(services), f"missing: {sorted(expected - set(services))}"
+    assert {"serving-churn", "serving-spend", "worker-churn", "worker-spend"} <= set(services)
+
+
+def test_images_come_from_the_project_dockerfile(services: dict[str, dict[str, Any]]) -> None:
+    assert services["postgres"]["image"].startswith("postgres:15")
+    for name, svc in services.items():
+        if name == "postgres":
+            continue
+        assert svc["build"]["context"] == "." and svc["build"]["dockerfile"] == "Dockerfile", name
+        assert svc["image"].startswith("${PLATFORM_IMAGE"), name
+        assert svc["env_file"] == ".env", f"{name}: secrets come from the env file"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
+    assert "pip install -r requirements.txt" in dockerfile
+    assert re.search(r"^USER ", dockerfile, re.MULTILINE), "the image does not run as root"
+
+
+def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        if name in ONE_SHOT:
+            assert svc.get("restart") == "no", f"{name} is a one-shot job"
+            continue
+        check = svc.get("healthcheck")
+        assert check and check.get("test"), f"{name} has no healthcheck"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"][1]
+    assert "/api/v2/monitor/health" in " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
+    assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
+    for model in online_models():
+        assert "/healthz" in " ".join(services[f"serving-{model}"]["healthcheck"]["test"])
+
+
+def test_start_order_uses_health_and_completion_conditions(services: dict[str, dict[str, Any]]) -> None:
+    def needs(name: str) -> dict[str, str]:
+        deps = services[name].get("depends_on") or {}
+        assert isinstance(deps, dict), f"{name}: depends_on must name conditions"
+        return {dep: spec["condition"] for dep, spec in deps.items()}
+
+    assert needs("db-init") == {"postgres": "service_healthy"}
+    assert needs("mlflow")["postgres"] == "service_healthy"
+    assert needs("airflow-init")["postgres"] == "service_healthy"
+    for name in AIRFLOW[1:]:
+        deps = needs(name)
+        assert deps["postgres"] == "service_healthy", name
+        assert deps["airflow-init"] == "service_completed_successfully", name
+        assert deps["db-init"] == "service_completed_successfully", name
+    for name in AIRFLOW[2:]:
+        assert needs(name)["airflow-apiserver"] == "service_healthy", name
+    for model in online_models():
+        for name in (f"serving-{model}", f"worker-{model}"):
+            deps = needs(name)
+            assert deps["db-init"] == "service_completed_successfully", name
+            assert deps["mlflow"] == "service_healthy", name
+    for name, svc in services.items():  # every dependency exists
+        for dep in svc.get("depends_on") or {}:
+            assert dep in services, f"{name} depends on unknown service {dep}"
+
+
+def test_airflow_follows_the_official_layout(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    assert "x-airflow-common" in compose
+    commands = {name: " ".join(services[name].get("command") or []) for name in AIRFLOW[1:]}
+    assert commands["airflow-apiserver"].startswith("airflow api-server")
+    assert commands["airflow-scheduler"] == "airflow scheduler"
+    assert commands["airflow-dag-processor"] == "airflow dag-processor"
+    assert commands["airflow-triggerer"] == "airflow triggerer"
+    assert "airflow db migrate" in services["airflow-init"]["command"][-1]
+    for name in AIRFLOW:
+        env = _env(services[name])
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://")
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
+        assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "false"
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+        assert env["AIRFLOW_CONN_SERVING_DB"].endswith("@postgres:5432/serving")
+        assert VAR.fullmatch(env["AIRFLOW__API_AUTH__JWT_SECRET"]), "one JWT secret, shared, from .env"
+
+
+def test_one_serving_deployment_and_worker_per_model(services: dict[str, dict[str, Any]]) -> None:
+    ports = set()
+    for model in online_models():
+        app = services[f"serving-{model}"]
+        assert app["command"] == ["gunicorn", "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"]
+        assert _env(app)["SERVING_MODEL"] == model
+        ports.add(app["ports"][0].split(":")[0])
+        worker = services[f"worker-{model}"]
+        assert worker["command"] == ["python", "-m", "serving.worker"]
+        assert _env(worker)["SERVING_MODEL"] == model
+        assert _env(worker)["DATABASE_URL"].endswith("@postgres:5432/serving")
+    assert len(ports) == len(online_models()), "each deployment publishes its own host port"
+
+
+def test_postgres_keeps_data_in_a_named_volume(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    mounts = services["postgres"]["volumes"]
+    assert any(m.startswith("postgres-data:") for m in mounts)
+    assert "postgres-data" in compose["volumes"]
+    init_sql = next(m.split(":")[0] for m in mounts if "docker-entrypoint-initdb.d" in m)
+    body = (REPO / init_sql).read_text()
+    assert "CREATE DATABASE mlflow" in body and "CREATE DATABASE airflow" in body
+
+
+def hard_coded_secrets(services: dict[str, dict[str, Any]]) -> list[str]:
+    """Values that carry a password, secret, token or key without being a ${VAR} reference, and passwords
+    inside URLs that are not ${VAR} references."""
+    offenders = []
+    for name, svc in services.items():
+        values = dict(_env(svc))
+        command = svc.get("command")
+        if isinstance(command, list):
+            values.update({f"command[{i}]": str(c) for i, c in enumerate(command)})
+        for key, value in values.items():
+            literal = value and not VAR.fullmatch(value) and not value.startswith("/")
+            if SECRET_WORD.search(key) and literal and not key.endswith(("_USERS", "_FILE")):
+                offenders.append(f"{name}.{key}={value}")
+            for url_password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
+                if not VAR.fullmatch(url_password):
+                    offenders.append(f"{name}.{key}: password in URL is {url_password!r}")
+    return offenders
+
+
+def test_no_hard_coded_secrets(services: dict[str, dict[str, Any]]) -> None:
+    assert hard_coded_secrets(services) == []
+
+
+def test_the_secret_check_catches_a_planted_secret(services: dict[str, dict[str, Any]]) -> None:
+    planted = {"mlflow": {**services["mlflow"], "environment": {"API_TOKEN": "abc123"}},
+               "db-init": {**services["db-init"], "command": ["x", "postgresql://u:hunter2@db/serving"]}}
+    found = hard_coded_secrets(planted)
+    assert any("API_TOKEN" in f for f in found) and any("hunter2" in f for f in found), found
+
+
+def test_env_example_lists_every_variable_and_holds_no_secret(raw: str) -> None:
+    used = set(VAR.findall(raw))
+    example_text = (REPO / ".env.example").read_text()
+    example = dict(line.split("=", 1) for line in example_text.splitlines() if line and not line.startswith("#"))
+    assert used <= set(example), f"not in .env.example: {sorted(used - set(example))}"
+    for key, value in example.items():
+        if SECRET_WORD.search(key):
+            assert value == "", f".env.example must not ship a value for {key}"
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+    assert ".env" in (REPO / ".dockerignore").read_text().split(), "the image never contains the .env file"
