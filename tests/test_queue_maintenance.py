@@ -1,0 +1,63 @@
+"""The retention DAG (dags/queue_maintenance.py) run with dag.test() against the real test PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from scoring import queue
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "queue_maintenance.py"), safe_mode=False)
+    assert bag.import_errors == {}
+    return bag.dags["queue_maintenance"]
+
+
+@pytest.fixture
+def conn(db_url):
+    with psycopg.connect(db_url, autocommit=True) as c:
+        yield c
+
+
+def test_dag_shape():
+    dag = _dag()
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert {t.task_id for t in dag.tasks} == {"purge_finished_jobs", "reclaim_expired_leases"}
+    assert dag.params["retention_hours"] == 168
+
+
+def test_dag_run_deletes_old_finished_jobs_and_reclaims_leases(airflow_db, conn):
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    model = f"t_{uuid.uuid4().hex[:10]}"
+    ids = [queue.submit(conn, model, [{"x": i}])[0].id for i in range(5)]
+    old_done, old_failed, recent_done, queued, expired = ids
+    claimed = queue.claim(conn, model, f"w-{model}", 3, 30)  # the three oldest: old_done, old_failed, recent
+    by_id = {j.id: j for j in claimed}
+    queue.write_outcomes(conn, f"w-{model}", "1", [
+        queue.Outcome(by_id[old_done], result=[{"prediction": 1.0}]),
+        queue.Outcome(by_id[recent_done], result=[{"prediction": 1.0}])])
+    conn.execute("UPDATE ops.prediction_jobs SET max_attempts = 1 WHERE id = %s", (old_failed,))
+    queue.write_outcomes(conn, f"w-{model}", "1", [queue.Outcome(by_id[old_failed], error="boom")])
+    conn.execute("UPDATE ops.prediction_jobs SET finished_at = now() - interval '3 hours' WHERE id = ANY(%s)",
+                 ([old_done, old_failed],))
+    # a job whose worker died an hour ago: the DAG puts it back in the queue
+    conn.execute("UPDATE ops.prediction_jobs SET status = 'running', worker_id = 'dead', attempts = 1, "
+                 "lease_expires_at = now() - interval '1 hour' WHERE id = %s", (expired,))
+
+    dr = _dag().test(logical_date=dt.datetime(2026, 11, 2, tzinfo=dt.UTC), run_conf={"retention_hours": 2})
+    assert dr.state == DagRunState.SUCCESS
+    assert {ti.task_id: ti.state for ti in dr.get_task_instances()} == {
+        "purge_finished_jobs": TaskInstanceState.SUCCESS, "reclaim_expired_leases": TaskInstanceState.SUCCESS}
+    left = dict(conn.execute("SELECT id, status FROM ops.prediction_jobs WHERE model_name = %s",
+                             (model,)).fetchall())
+    assert left == {recent_done: "done", queued: "queued", expired: "queued"}
