@@ -65,7 +65,8 @@ class Encoded:
 
 
 def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+    # None (JSON null), NaN of any float type, and pandas' NA (nullable dtypes, string arrays).
+    return value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and value != value)
 
 
 def _is_number(value: Any) -> bool:
@@ -76,10 +77,13 @@ def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, n
     """float64 values, a mask of rows with a wrong type, and the reason text."""
     if values.dtype.kind in "iuf":
         out = values.astype(np.float64, copy=False)
-        if feature.type == "int" and values.dtype.kind == "f":
+        if values.dtype.kind == "f":
             finite = np.isfinite(out)
-            bad = finite & (out != np.floor(np.where(finite, out, 0)))
-            return out, bad, f"feature '{feature.name}' expects an integer"
+            bad = np.isinf(out)  # +-inf is no feature value (NaN is "missing")
+            if feature.type == "int":
+                bad |= finite & (out != np.floor(np.where(finite, out, 0)))
+                return out, bad, f"feature '{feature.name}' expects an integer"
+            return out, bad, f"feature '{feature.name}' expects a finite number"
         return out, np.zeros(len(out), dtype=bool), ""
     if values.dtype.kind == "b":
         reason = f"feature '{feature.name}' expects a number, got a boolean"
@@ -90,12 +94,12 @@ def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, n
     for i, v in enumerate(values):
         if _is_null(v):
             out[i] = np.nan
-        elif not _is_number(v) or (want_int and not float(v).is_integer()):
+        elif not _is_number(v) or not np.isfinite(v) or (want_int and not float(v).is_integer()):
             bad[i] = True
             out[i] = np.nan
         else:
             out[i] = float(v)
-    kind = "an integer" if want_int else "a number"
+    kind = "an integer" if want_int else "a finite number"
     return out, bad, f"feature '{feature.name}' expects {kind}"
 
 
@@ -104,7 +108,8 @@ def _category_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, 
     if values.dtype.kind in "iu" or (values.dtype.kind == "f"):
         codes = values.astype(np.float64)
         finite = np.isfinite(codes)
-        bad = finite & ((codes < 0) | (codes >= n_cat) | (codes != np.floor(np.where(finite, codes, 0))))
+        bad = np.isinf(codes) | (finite & ((codes < 0) | (codes >= n_cat)
+                                           | (codes != np.floor(np.where(finite, codes, 0)))))
         return codes, bad, f"feature '{feature.name}' expects one of {list(feature.categories)}"
     # Strings (the usual case): vectorised through pandas' categorical coder; -1 marks unknown or null.
     codes_int = pd.Categorical(values, categories=list(feature.categories)).codes
@@ -147,6 +152,10 @@ def encode_columns(spec: ModelSpec, columns: Mapping[str, Any], *, reject: bool 
         if extra:
             raise UnknownColumnError(f"unknown column '{extra[0]}' (model '{spec.name}' takes {names})",
                                      column=extra[0])
+    for name in names:  # a mapping of scalars is one record, not columns: say so instead of failing obscurely
+        if np.ndim(columns[name]) != 1:
+            raise InputError(f"column '{name}' must be a 1-D list of values, got {type(columns[name]).__name__} "
+                             f"(pass a single record as a list of one object)", column=name)
     n_rows = len(columns[names[0]])
     matrix = np.empty((n_rows, len(names)), dtype=np.float32)
     invalid = np.zeros(n_rows, dtype=bool)

@@ -118,10 +118,60 @@ _MODEL_KEYS = {
 _REQUIRED = {"task", "source", "features", "label", "metric", "prediction_table", "schedule"}
 _SOURCE_KEYS = {"table", "entity_key", "date_column"}
 _FEATURE_KEYS = {"name", "type", "nullable", "categories"}
-_XGB_ALLOWED = {
-    "n_estimators", "max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight",
-    "gamma", "reg_alpha", "reg_lambda", "max_bin", "tree_method", "random_state",
+_CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"}  # Airflow's presets
+
+
+def _int_at_least(low: int) -> Any:
+    def check(v: Any) -> str | None:
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
+        return None if ok else f"must be an integer >= {low}, got {v!r}"
+    return check
+
+
+def _number_in(low: float, high: float | None, *, low_open: bool = False) -> Any:
+    def check(v: Any) -> str | None:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        ok = ok and (v > low if low_open else v >= low) and (high is None or v <= high)
+        bound = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+        return None if ok else f"must be a number in {bound}, got {v!r}"
+    return check
+
+
+def _tree_method(v: Any) -> str | None:
+    return None if v in ("hist", "approx", "exact") else f"must be hist, approx or exact, got {v!r}"
+
+
+# The XGBoost parameters a spec (or a training run's overrides) may set, each with its check.
+XGBOOST_PARAMS: dict[str, Any] = {
+    "n_estimators": _int_at_least(1), "max_depth": _int_at_least(0), "max_bin": _int_at_least(2),
+    "random_state": _int_at_least(0), "learning_rate": _number_in(0, 1, low_open=True),
+    "subsample": _number_in(0, 1, low_open=True), "colsample_bytree": _number_in(0, 1, low_open=True),
+    "min_child_weight": _number_in(0, None), "gamma": _number_in(0, None), "reg_alpha": _number_in(0, None),
+    "reg_lambda": _number_in(0, None), "tree_method": _tree_method,
 }
+_XGB_ALLOWED = set(XGBOOST_PARAMS)
+
+
+def xgboost_param_problem(params: Any) -> tuple[str, str] | None:
+    """(key, why) of the first invalid XGBoost parameter, or None when all are valid."""
+    if not isinstance(params, dict):
+        return "", f"expected a mapping of XGBoost parameters, got {type(params).__name__}"
+    for key, value in params.items():
+        if key not in XGBOOST_PARAMS:
+            return str(key), f"unknown XGBoost parameter (allowed: {', '.join(sorted(XGBOOST_PARAMS))})"
+        why = XGBOOST_PARAMS[key](value)
+        if why:
+            return key, why
+    return None
+
+
+def validate_xgboost_params(params: Any, where: str = "xgboost") -> dict[str, Any]:
+    """Check per-run XGBoost parameters (e.g. a DAG run's xgboost_overrides); ValueError names the key."""
+    problem = xgboost_param_problem(params)
+    if problem:
+        key, why = problem
+        raise ValueError(f"{where}.{key}: {why}" if key else f"{where}: {why}")
+    return dict(params)
 
 
 def _fail(model: str, key: str, why: str) -> SpecError:
@@ -130,6 +180,9 @@ def _fail(model: str, key: str, why: str) -> SpecError:
 
 def _check_keys(model: str, where: str, data: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
+        if not where:
+            raise SpecError(f"models.yaml: model '{model}': the entry must be a mapping of keys, "
+                            f"got {type(data).__name__}")
         raise _fail(model, where, f"expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -153,6 +206,15 @@ def _positive(model: str, key: str, value: Any, *, number: type = int) -> None:
         raise _fail(model, key, f"must be a positive {number.__name__}, got {value!r}")
 
 
+def _valid_cron(cron: Any) -> bool:
+    if not isinstance(cron, str):
+        return False
+    if cron.startswith("@"):
+        return cron in _CRON_PRESETS
+    # Five fields, as Airflow's cron timetables take them (croniter alone would also accept seconds).
+    return len(cron.split()) == 5 and croniter.is_valid(cron)
+
+
 def _parse_feature(model: str, index: int, raw: Any) -> Feature:
     where = f"features[{index}]"
     raw = _check_keys(model, where, raw, _FEATURE_KEYS)
@@ -164,7 +226,7 @@ def _parse_feature(model: str, index: int, raw: Any) -> Feature:
         raise _fail(model, f"{where}.type", f"feature '{name}': must be int, float or category, got {ftype!r}")
     categories = raw.get("categories", [])
     if ftype == "category":
-        if not categories or not all(isinstance(c, str) for c in categories):
+        if not isinstance(categories, list) or not categories or not all(isinstance(c, str) for c in categories):
             raise _fail(model, f"{where}.categories", f"feature '{name}': a category needs a list of strings")
         if len(set(categories)) != len(categories):
             raise _fail(model, f"{where}.categories", f"feature '{name}': categories repeat")
@@ -226,11 +288,15 @@ def _parse_model(name: str, raw: Any) -> ModelSpec:
     schedule = raw["schedule"]
     train_schedule = raw.get("train_schedule", "@weekly")
     for key, cron in (("schedule", schedule), ("train_schedule", train_schedule)):
-        if not isinstance(cron, str) or not (cron.startswith("@") or croniter.is_valid(cron)):
-            raise _fail(name, key, f"not a valid cron expression: {cron!r}")
+        if not _valid_cron(cron):
+            raise _fail(name, key, f"not a valid cron expression (5 fields, or one of "
+                                   f"{', '.join(sorted(_CRON_PRESETS))}): {cron!r}")
 
     params = raw.get("xgboost") or {}
     params = _check_keys(name, "xgboost", params, _XGB_ALLOWED)
+    problem = xgboost_param_problem(params)
+    if problem:
+        raise _fail(name, f"xgboost.{problem[0]}", problem[1])
 
     training = _sub(name, "training", raw.get("training"), TrainingConfig, {"history_days", "holdout_days", "min_rows"})
     for key in ("history_days", "holdout_days", "min_rows"):
@@ -247,7 +313,8 @@ def _parse_model(name: str, raw: Any) -> ModelSpec:
                  {"shards", "reject_threshold", "retention_days", "chunk_rows"})
     for key in ("shards", "retention_days", "chunk_rows"):
         _positive(name, f"batch.{key}", getattr(batch, key))
-    if not isinstance(batch.reject_threshold, (int, float)) or not 0 <= batch.reject_threshold <= 1:
+    if (isinstance(batch.reject_threshold, bool) or not isinstance(batch.reject_threshold, (int, float))
+            or not 0 <= batch.reject_threshold <= 1):
         raise _fail(name, "batch.reject_threshold", f"must be a fraction in [0, 1], got {batch.reject_threshold!r}")
 
     return ModelSpec(
@@ -261,7 +328,35 @@ def _parse_model(name: str, raw: Any) -> ModelSpec:
 def parse_specs(document: Any) -> dict[str, ModelSpec]:
     if not isinstance(document, dict) or set(document) != {"models"} or not isinstance(document["models"], dict):
         raise SpecError("models.yaml: the top level must be a single 'models' mapping")
-    return {name: _parse_model(str(name), raw) for name, raw in document["models"].items()}
+    if not document["models"]:
+        raise SpecError("models.yaml: 'models' lists no model")
+    specs = {str(name): _parse_model(str(name), raw) for name, raw in document["models"].items()}
+    owner: dict[str, str] = {}
+    for spec in specs.values():  # two models writing one table would overwrite each other's predictions
+        if spec.prediction_table in owner:
+            other = owner[spec.prediction_table]
+            raise _fail(spec.name, "prediction_table",
+                        f"'{spec.prediction_table}' is already the prediction table of model '{other}'")
+        owner[spec.prediction_table] = spec.name
+    return specs
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, except that a repeated key is an error instead of silently replacing the first entry."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise SpecError(f"models.yaml line {key_node.start_mark.line + 1}: key '{key}' appears twice "
+                            f"in the same mapping")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
 def spec_file() -> Path:
@@ -271,8 +366,15 @@ def spec_file() -> Path:
 def load_specs(path: str | Path | None = None) -> dict[str, ModelSpec]:
     """All model specs, validated. Raises SpecError naming the model and key on any problem."""
     path = Path(path) if path else spec_file()
-    with open(path) as fh:
-        return parse_specs(yaml.safe_load(fh))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read the model spec file {path} (MODELS_FILE): {exc}") from exc
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_specs(document)
 
 
 def load_spec(name: str, path: str | Path | None = None) -> ModelSpec:

@@ -1,0 +1,90 @@
+"""The bodies of the `train_<model>` DAG's tasks: Airflow context in, calls to `scoring.training`, XCom-able
+dicts out. Each step logs what it decided and with which figures, so the task log tells the whole story.
+
+`scoring.training` (MLflow, XGBoost, scikit-learn) is imported inside the tasks: DAG parsing and Airflow's
+plugin loading, which import this module, stay fast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import Param
+
+from scoring.spec import XGBOOST_PARAMS, ModelSpec, validate_xgboost_params
+from serving_platform.hooks import serving_db_connection
+from serving_platform.run_dates import ConfError, conf_date, run_date
+
+log = logging.getLogger(__name__)
+
+
+def train_params() -> dict[str, Param]:
+    """The run parameters of a training DAG (checked when a run is triggered, and again by the tasks)."""
+    return {
+        "end_date": Param(
+            None, type=["null", "string"], format="date",
+            description="Train on the window that ends the day before this date (YYYY-MM-DD, exclusive). "
+                        "Default: the run's logical date."),
+        "xgboost_overrides": Param(
+            {}, type="object", properties={k: {} for k in sorted(XGBOOST_PARAMS)}, additionalProperties=False,
+            description="XGBoost parameters replacing the spec's for this run only, e.g. "
+                        '{"n_estimators": 1, "max_depth": 1} for a deliberately weak candidate.'),
+    }
+
+
+def end_date(context: Mapping[str, Any]) -> dt.date:
+    """conf/params `end_date`, else the run's logical date."""
+    return conf_date(context["params"].get("end_date"), "end_date") or run_date(context)
+
+
+def overrides(context: Mapping[str, Any]) -> dict[str, Any]:
+    value = context["params"].get("xgboost_overrides") or {}
+    try:
+        return validate_xgboost_params(value, where="xgboost_overrides")
+    except ValueError as exc:
+        raise ConfError(f"conf {exc}") from exc
+
+
+def check_window(spec: ModelSpec, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Fail early, with the reason, when the window cannot be trained on; validate the run's conf too."""
+    from scoring import training
+
+    end = end_date(context)
+    params = training.fit_params(spec, overrides(context))
+    with serving_db_connection() as conn:
+        stats = training.check_window(conn, spec, end)
+    log.info("model %s: window [%s, %s) holds %d training and %d held-out labelled rows (from %s); "
+             "parameters %s", spec.name, stats.window.start, stats.window.end, stats.train_rows, stats.holdout_rows,
+             spec.source.table, json.dumps(params, sort_keys=True))
+    return stats.as_dict()
+
+
+def train(spec: ModelSpec, window: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """Fit, log to MLflow and register a new version (not yet promoted)."""
+    from scoring import training
+
+    end = dt.date.fromisoformat(window["end"])
+    with serving_db_connection() as conn:
+        data = training.load_training_data(conn, spec, end)
+    candidate = training.train_and_log(spec, data, overrides=overrides(context), airflow_run_id=context["run_id"])
+    return {"version": candidate.version, "run_id": candidate.run_id, "metric": candidate.metric,
+            "baseline": candidate.baseline, "end": window["end"]}
+
+
+def gate(spec: ModelSpec, candidate: Mapping[str, Any]) -> dict[str, Any]:
+    """Compare the registered candidate with the champion on the same held-out rows; move the alias or not."""
+    from scoring import training
+
+    with serving_db_connection() as conn:
+        data = training.load_holdout(conn, spec, dt.date.fromisoformat(candidate["end"]))
+    decision = training.run_gate(spec, candidate["version"], data, candidate["baseline"])
+    outcome = "PROMOTED" if decision.promoted else "REFUSED"
+    (log.info if decision.promoted else log.warning)(
+        "gate decision for %s version %s: %s. Reason: %s. Figures: %s", spec.name, candidate["version"], outcome,
+        decision.reason, json.dumps(decision.figures, sort_keys=True))
+    return {"version": candidate["version"], "promoted": decision.promoted, "reason": decision.reason,
+            "figures": decision.figures, "compared_with": decision.champion_version}
