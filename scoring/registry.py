@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
+_CONNECTION_FAILURES = ("Max retries exceeded", "Failed to establish a new connection", "Connection refused")
 
 
 class RegistryError(RuntimeError):
@@ -36,6 +37,8 @@ def resolve_version(model_name: str, ref: str | int = CHAMPION, mlflow_client: M
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
             raise RegistryError(f"model '{model_name}' has no version with alias '{ref}' "
                                 f"(train and promote one first)") from exc
+        if any(s in str(exc) for s in _CONNECTION_FAILURES):  # MLflow wraps connection errors in its own
+            raise RegistryError(f"MLflow is unreachable while resolving '{model_name}@{ref}': {exc}") from exc
         raise RegistryError(f"MLflow registry error resolving '{model_name}@{ref}': {exc}") from exc
     except Exception as exc:  # connection errors surface as requests/urllib3 exceptions
         raise RegistryError(f"MLflow is unreachable while resolving '{model_name}@{ref}': {exc}") from exc
