@@ -36,3 +36,8 @@ status: venv
 
 demo: up
 	$(PY) -m stack.demo
+
+# Async queue benchmark: its own PostgreSQL, MLflow, gunicorn and workers; BENCH_JOBS=20000 single-row jobs.
+.PHONY: bench-async
+bench-async: venv
+	$(PY) bench/async.py

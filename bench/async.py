@@ -1,0 +1,389 @@
+"""Async queue benchmark (`make bench-async`): micro-batched queue throughput vs the live single-row endpoint.
+
+It starts its own PostgreSQL cluster, MLflow server, a trained churn model, one gunicorn deployment (2 sync
+workers) and `python -m serving.worker` processes, then in one run:
+
+1. live: single-row `POST /v1/models/churn/predict` through that gunicorn, from a concurrent client -> rows/s;
+2. fill: K single-row jobs submitted over HTTP (`POST /v1/models/churn/jobs`, an Idempotency-Key each) with no
+   worker running -> submit rate;
+3. drain with 1 worker, then (refilled) with 2 workers -> jobs/s = K / (last finish - first claim), from the
+   jobs' own timestamps (worker start-up and model load are not counted);
+4. kill: refill, drain with 2 workers and SIGKILL one of them at ~30% done; its leased jobs are reclaimed
+   after the lease (WORKER_LEASE_S, 3 s here) and finished by the other;
+5. steady: 2 workers running while K jobs are submitted -> end-to-end jobs/s and max latency (submit -> done).
+
+Every job of every phase is checked: done exactly once (`result_writes` = 1, one row per idempotency key) and
+its result equal to Scorer.score of its record. Last line:
+`async jobs=K jobs_per_s=X vs_live_single_row=Yx max_latency_s=Z lost=L duplicated=D`
+with X the 2-worker drain rate, Y = X / live rate, Z the steady-phase max latency, L and D over all phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scoring.demo_data import generate_day, seed_history  # noqa: E402
+from scoring.migrate import apply_migrations  # noqa: E402
+from scoring.scorer import Scorer  # noqa: E402
+from scoring.spec import load_spec  # noqa: E402
+from stack.pg import PgCluster, free_port  # noqa: E402
+from stack.services import ServiceError, start_mlflow, stop_process, wait_http  # noqa: E402
+
+MODEL = "churn"
+VENV_BIN = Path(sys.executable).parent
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- services
+
+
+@dataclass
+class Env:
+    root: Path
+    db_url: str
+    mlflow_uri: str
+    serving_url: str = ""
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    cluster: PgCluster | None = None
+
+
+def start_stack(args: argparse.Namespace) -> Env:
+    root = Path(tempfile.mkdtemp(prefix="bench-async-"))
+    os.chmod(root, 0o755)  # the PostgreSQL server runs as the postgres user
+    if args.use_env:
+        env = Env(root, os.environ["DATABASE_URL"], os.environ["MLFLOW_TRACKING_URI"])
+        apply_migrations(env.db_url)
+        return env
+    cluster = PgCluster(root / "pgdata", free_port())
+    cluster.init()
+    cluster.start()
+    for db in ("serving", "mlflow"):
+        cluster.create_database(db)
+    env = Env(root, cluster.url("serving"), "", cluster=cluster)
+    say(f"PostgreSQL on port {cluster.port}; migrating")
+    os.environ["DATABASE_URL"] = env.db_url
+    apply_migrations(env.db_url)
+    port = free_port()
+    env.procs.append(start_mlflow(cluster.url("mlflow", "postgresql+psycopg"), root / "mlartifacts", port,
+                                  root / "mlflow.log"))
+    env.mlflow_uri = f"http://127.0.0.1:{port}"
+    os.environ["MLFLOW_TRACKING_URI"] = env.mlflow_uri
+    say(f"MLflow on port {port}; seeding features and training {MODEL}")
+    from mlflow import MlflowClient
+
+    from scoring.db import connect
+    from scoring.training import train_and_register
+
+    end = dt.date(2026, 11, 1)
+    seed_history(end, 30, 1500, url=env.db_url)
+    with connect(env.db_url) as conn:
+        result = train_and_register(load_spec(MODEL), conn, end + dt.timedelta(days=1))
+    if not result.decision.promoted:  # e.g. the latency gate on a busy machine: the bench needs a model anyway
+        say(f"gate refused version {result.version} ({result.decision.reason}); aliasing it for the bench")
+        MlflowClient().set_registered_model_alias(MODEL, "champion", result.version)
+    return env
+
+
+def start_gunicorn(env: Env, workers: int) -> None:
+    port = free_port()
+    penv = {**os.environ, "SERVING_MODEL": MODEL, "SERVING_BIND": f"127.0.0.1:{port}", "DATABASE_URL": env.db_url,
+            "MLFLOW_TRACKING_URI": env.mlflow_uri, "SERVING_WORKERS": str(workers), "SERVING_ACCESS_LOG": "",
+            "SERVING_LOG_LEVEL": "warning"}
+    log = open(env.root / "gunicorn.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"],
+                            cwd=REPO, env=penv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env.procs.append(proc)
+    env.serving_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{env.serving_url}/readyz", 120, proc, "gunicorn")
+    except ServiceError as exc:
+        raise SystemExit(f"{exc}\n{(env.root / 'gunicorn.log').read_text()[-2000:]}") from exc
+
+
+class WorkerProc:
+    def __init__(self, env: Env, name: str, batch_size: int, lease_s: float) -> None:
+        self.log_path = env.root / f"{name}.log"
+        penv = {**os.environ, "SERVING_MODEL": MODEL, "DATABASE_URL": env.db_url, "MLFLOW_TRACKING_URI": env.mlflow_uri,
+                "WORKER_BATCH_SIZE": str(batch_size), "WORKER_LEASE_S": str(lease_s), "WORKER_IDLE_POLL_S": "1",
+                "SERVING_BOOSTER_THREADS": "1", "SERVING_POLL_INTERVAL_S": "60"}
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.worker"], cwd=REPO, env=penv, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.worker_id = ""
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            match = re.search(r"worker (\S+) ready", self.log_path.read_text(errors="replace"))
+            if match:
+                self.worker_id = match.group(1)
+                return
+            if self.proc.poll() is not None:
+                raise SystemExit(f"worker exited: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise SystemExit(f"worker not ready after {timeout}s")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        return self.proc.returncode
+
+
+# ------------------------------------------------------------------------------------------------- HTTP clients
+
+
+async def _drive(url: str, bodies: list[tuple[dict[str, Any], dict[str, str]]], concurrency: int,
+                 expect: set[int]) -> tuple[float, list[float], list[Any], int]:
+    """POST every body with `concurrency` requests in flight; retries (same headers, so the same Idempotency-Key)
+    on connection errors. Returns (elapsed, latencies, response JSONs, errors)."""
+    results: list[Any] = [None] * len(bodies)
+    latencies: list[float] = []
+    errors = 0
+    it = iter(range(len(bodies)))
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def one() -> None:
+            nonlocal errors
+            for i in it:
+                body, headers = bodies[i]
+                for _attempt in range(5):
+                    t0 = time.perf_counter()
+                    try:
+                        async with session.post(url, json=body, headers=headers) as resp:
+                            data = await resp.json()
+                            if resp.status in expect:
+                                latencies.append(time.perf_counter() - t0)
+                                results[i] = data
+                                break
+                            errors += 1
+                    except (TimeoutError, aiohttp.ClientError):
+                        errors += 1
+                    await asyncio.sleep(0.05)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        return time.perf_counter() - t0, latencies, results, errors
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def live_rate(env: Env, records: list[dict], n: int, concurrency: int) -> float:
+    url = f"{env.serving_url}/v1/models/{MODEL}/predict"
+    bodies = [({"records": [records[i % len(records)]]}, {}) for i in range(n)]
+    asyncio.run(_drive(url, bodies[:200], concurrency, {200}))  # warm-up
+    elapsed, lat, _, errors = asyncio.run(_drive(url, bodies, concurrency, {200}))
+    rate = n / elapsed
+    say(f"live single-row: {n} requests in {elapsed:.2f}s = {rate:.0f} rows/s (p50 {pct(lat, .5) * 1e3:.1f} ms, "
+        f"p99 {pct(lat, .99) * 1e3:.1f} ms, concurrency {concurrency}, errors {errors})")
+    return rate
+
+
+def submit(env: Env, records: list[dict], tag: str, concurrency: int) -> tuple[list[str], float]:
+    url = f"{env.serving_url}/v1/models/{MODEL}/jobs"
+    bodies = [({"records": [r]}, {"Idempotency-Key": f"{tag}-{i}"}) for i, r in enumerate(records)]
+    elapsed, _, results, errors = asyncio.run(_drive(url, bodies, concurrency, {200, 202}))
+    ids = [r["id"] if r else "" for r in results]
+    say(f"{tag}: submitted {sum(1 for i in ids if i)} jobs in {elapsed:.2f}s = {len(records) / elapsed:.0f} jobs/s "
+        f"(retried errors {errors})")
+    return ids, elapsed
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+@dataclass
+class PhaseResult:
+    lost: int
+    duplicated: int
+    wrong: int
+    drain_s: float
+    e2e_s: float
+    max_latency_s: float
+    retried: int
+
+
+def wait_done(conn: psycopg.Connection, ids: list[str], timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        n = conn.execute("SELECT count(*) FROM ops.prediction_jobs WHERE id = ANY(%s::uuid[]) AND status <> 'queued' "
+                         "AND status <> 'running'", (ids,)).fetchone()[0]
+        if n == len(ids):
+            return
+        time.sleep(0.05)
+    say(f"timeout: {n} of {len(ids)} finished")
+
+
+def check(conn: psycopg.Connection, tag: str, ids: list[str], expected: list[dict]) -> PhaseResult:
+    rows = conn.execute(
+        "SELECT id::text, status, result, result_writes, attempts, created_at, started_at, finished_at "
+        "FROM ops.prediction_jobs WHERE id = ANY(%s::uuid[])", ([i for i in ids if i],)).fetchall()
+    by_id = {r[0]: r for r in rows}
+    lost = wrong = retried = 0
+    for i, job_id in enumerate(ids):
+        row = by_id.get(job_id)
+        if row is None or row[1] != "done":
+            lost += 1
+        elif row[2] != [expected[i]]:
+            wrong += 1
+        if row is not None and row[4] > 1:
+            retried += 1
+    rewrites = sum(max(r[3] - 1, 0) for r in rows)
+    extra_rows = conn.execute("SELECT count(*) - count(DISTINCT idempotency_key) FROM ops.prediction_jobs "
+                              "WHERE idempotency_key LIKE %s", (f"{tag}-%",)).fetchone()[0]
+    done = [r for r in rows if r[1] == "done"]
+    drain = (max(r[7] for r in done) - min(r[6] for r in done)).total_seconds() if done else math.nan
+    e2e = (max(r[7] for r in done) - min(r[5] for r in done)).total_seconds() if done else math.nan
+    max_lat = max((r[7] - r[5]).total_seconds() for r in done) if done else math.nan
+    return PhaseResult(lost, rewrites + extra_rows, wrong, drain, e2e, max_lat, retried)
+
+
+def queue_empty(conn: psycopg.Connection) -> None:
+    left = conn.execute("SELECT count(*) FROM ops.prediction_jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+    if left:
+        raise SystemExit(f"{left} unfinished jobs left from a previous phase")
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("BENCH_JOBS", "20000")))
+    parser.add_argument("--live-requests", type=int, default=int(os.environ.get("BENCH_LIVE_REQUESTS", "5000")))
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=256, help="WORKER_BATCH_SIZE")
+    parser.add_argument("--gunicorn-workers", type=int, default=2)
+    parser.add_argument("--kill-lease-s", type=float, default=3.0)
+    parser.add_argument("--use-env", action="store_true",
+                        help="use DATABASE_URL / MLFLOW_TRACKING_URI (migrated, churn@champion), not own services")
+    args = parser.parse_args(argv)
+    k = args.jobs
+
+    env = start_stack(args)
+    workers: list[WorkerProc] = []
+    try:
+        start_gunicorn(env, args.gunicorn_workers)
+        spec = load_spec(MODEL)
+        frame = generate_day(dt.date(2026, 11, 5), k, seed=99)[spec.feature_names]
+        records = [{c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in rec.items()}
+                   for rec in frame.to_dict(orient="records")]
+        expected = Scorer.from_registry(spec, "champion").score(records).records()
+        say(f"gunicorn ({args.gunicorn_workers} workers) at {env.serving_url}; {k} single-row jobs per phase")
+
+        live = live_rate(env, records, args.live_requests, args.concurrency)
+        conn = psycopg.connect(env.db_url, autocommit=True)
+        results: dict[str, PhaseResult] = {}
+        run = time.strftime("%H%M%S")
+
+        for n_workers in (1, 2):
+            tag = f"bench-{run}-drain{n_workers}"
+            queue_empty(conn)
+            ids, _ = submit(env, records, tag, args.concurrency)
+            workers = [WorkerProc(env, f"{tag}-w{i}", args.batch_size, 30) for i in range(n_workers)]
+            for w in workers:
+                w.wait_ready()
+            wait_done(conn, ids, 600)
+            codes = [w.stop() for w in workers]
+            res = results[tag] = check(conn, tag, ids, expected)
+            say(f"drain with {n_workers} worker(s): {k} jobs in {res.drain_s:.2f}s = {k / res.drain_s:.0f} jobs/s; "
+                f"lost {res.lost}, duplicated {res.duplicated}, wrong {res.wrong}; SIGTERM exit codes {codes}")
+
+        tag = f"bench-{run}-kill"
+        queue_empty(conn)
+        ids, _ = submit(env, records, tag, args.concurrency)
+        workers = [WorkerProc(env, f"{tag}-w{i}", args.batch_size, args.kill_lease_s) for i in range(2)]
+        for w in workers:
+            w.wait_ready()
+        victim = workers[0]
+        # Kill once >= 30% is done, at a moment the victim holds leased jobs (mid-batch), so some must be reclaimed.
+        while True:
+            done, holding = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'running' AND "
+                "worker_id = %s) FROM ops.prediction_jobs WHERE id = ANY(%s::uuid[])",
+                (victim.worker_id, ids)).fetchone()
+            if (done >= 0.3 * k and holding) or done == k:
+                break
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        held = conn.execute("SELECT count(*) FROM ops.prediction_jobs WHERE status = 'running' AND worker_id = %s",
+                            (victim.worker_id,)).fetchone()[0]
+        say(f"kill: SIGKILLed worker {victim.worker_id} at >=30% done, holding {held} leased job(s)")
+        wait_done(conn, ids, 600)
+        workers[1].stop()
+        victim.log.close()
+        res = results[tag] = check(conn, tag, ids, expected)
+        say(f"kill run: {k} jobs drained in {res.drain_s:.2f}s (incl. the {args.kill_lease_s:.0f}s lease); "
+            f"{res.retried} job(s) re-run after reclaim; lost {res.lost}, duplicated {res.duplicated}, "
+            f"wrong {res.wrong}")
+
+        tag = f"bench-{run}-steady"
+        queue_empty(conn)
+        workers = [WorkerProc(env, f"{tag}-w{i}", args.batch_size, 30) for i in range(2)]
+        for w in workers:
+            w.wait_ready()
+        ids, submit_s = submit(env, records, tag, args.concurrency)
+        wait_done(conn, ids, 600)
+        for w in workers:
+            w.stop()
+        res = results[tag] = check(conn, tag, ids, expected)
+        say(f"steady (2 workers running while submitting): {k} jobs end-to-end in {res.e2e_s:.2f}s = "
+            f"{k / res.e2e_s:.0f} jobs/s (submit-bound: submit took {submit_s:.2f}s); max latency "
+            f"{res.max_latency_s:.3f}s; lost {res.lost}, duplicated {res.duplicated}, wrong {res.wrong}")
+
+        drain2 = results[f"bench-{run}-drain2"]
+        jobs_per_s = k / drain2.drain_s
+        lost = sum(r.lost + r.wrong for r in results.values())
+        duplicated = sum(r.duplicated for r in results.values())
+        verdict = "meets" if jobs_per_s >= 3 * live and lost == 0 and duplicated == 0 else "MISSES"
+        say(f"target (async >= 3x live single-row, 0 lost, 0 duplicated): {verdict}")
+        print(f"async jobs={k} jobs_per_s={jobs_per_s:.0f} vs_live_single_row={jobs_per_s / live:.1f}x "
+              f"max_latency_s={res.max_latency_s:.2f} lost={lost} duplicated={duplicated}", flush=True)
+        return 0
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        for proc in reversed(env.procs):
+            stop_process(proc)
+        if env.cluster is not None:
+            env.cluster.destroy()
+        shutil.rmtree(env.root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
