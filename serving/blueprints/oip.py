@@ -212,7 +212,10 @@ def _columns(spec: ModelSpec, doc: dict[str, Any], binary: bytes) -> tuple[dict[
         if rows is not None and shape[0] != rows:
             raise _bad(f"input '{name}': {shape[0]} rows, but other inputs have {rows}")
         rows = shape[0]
-        columns[name] = values if datatype == "BYTES" or isinstance(values, list) else values.astype(np.float64)
+        if datatype == "BYTES":  # tensors have no null: an empty string is a missing value
+            columns[name] = [None if v in ("", b"") else v for v in values]
+        else:
+            columns[name] = values if isinstance(values, list) else values.astype(np.float64)
     return columns, int(rows or 0)
 
 
