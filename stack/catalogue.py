@@ -38,6 +38,7 @@ class Service:
     url: str | None = None  # printed in the summary
     timeout: float = 120.0
     settle: float = 0.0  # seconds a port-less process must stay up before it counts as started
+    stage: int = 0  # services of one stage start side by side; stages start in order
     notes: list[str] = field(default_factory=list)
 
 
@@ -169,7 +170,7 @@ def mlflow_service(cfg: StackConfig) -> Service:
     argv = mlflow_server_command(cfg.db_url(cfg.mlflow_backend_db, "postgresql+psycopg"), cfg.artifacts_dir,
                                  cfg.mlflow_port, cfg.host, cfg.mlflow_workers)
     return Service("mlflow", "mlflow", argv, base_env(cfg), http_probe(f"{cfg.mlflow_url}/health"),
-                   port=cfg.mlflow_port, url=cfg.mlflow_url, timeout=180)
+                   port=cfg.mlflow_port, url=cfg.mlflow_url, timeout=180, stage=0)
 
 
 def airflow_services(cfg: StackConfig) -> list[Service]:
@@ -179,9 +180,9 @@ def airflow_services(cfg: StackConfig) -> list[Service]:
     api = Service("airflow-api-server", "airflow",
                   [airflow, "api-server", "--host", cfg.host, "--port", str(cfg.airflow_port), "--workers", "1"],
                   env, http_probe(health, airflow_component("metadatabase")), port=cfg.airflow_port,
-                  url=cfg.airflow_url, timeout=240)
+                  url=cfg.airflow_url, timeout=240, stage=1)
     others = [Service(f"airflow-{cmd}", "airflow", [airflow, cmd], env,
-                      http_probe(health, airflow_component(key)), timeout=180)
+                      http_probe(health, airflow_component(key)), timeout=180, stage=2)
               for cmd, key in (("scheduler", "scheduler"), ("dag-processor", "dag_processor"),
                                ("triggerer", "triggerer"))]
     return [api, *others]
@@ -196,7 +197,7 @@ def serving_services(cfg: StackConfig) -> list[Service]:
         out.append(Service(f"serving-{model}", "serving",
                            [str(VENV_BIN / "gunicorn"), "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"],
                            env, http_probe(f"{cfg.serving_url(index)}/healthz"), port=port,
-                           url=cfg.serving_url(index), timeout=90))
+                           url=cfg.serving_url(index), timeout=90, stage=3))
     return out
 
 
@@ -206,7 +207,7 @@ def worker_services(cfg: StackConfig) -> list[Service]:
         env = base_env(cfg)
         env["SERVING_MODEL"] = model
         out.append(Service(f"worker-{model}", "worker", [sys.executable, "-m", "serving.worker"], env, always,
-                           timeout=30, settle=3.0))
+                           timeout=30, settle=3.0, stage=3))
     return out
 
 

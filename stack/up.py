@@ -165,26 +165,43 @@ def _taken(name: str, port: int, variable: str) -> str:
             f"{variable} to another port")
 
 
-def start_service(cfg: StackConfig, svc: Service, started: list[Started], out: Out) -> None:
-    pid_path = cfg.pid_file(svc.name)
-    record = read_pid(pid_path)
-    if alive(record):
-        reason = wait_healthy(svc, record, None)
-        if reason:
-            raise StackError(f"{svc.name}: running as pid {record.pid} but {reason}; see {cfg.log_file(svc.name)} "
-                             f"(`make down` then `make up` restarts it)")
-        out(f"{svc.name}: already running (pid {record.pid})")
-        return
-    pid_path.unlink(missing_ok=True)  # stale: the process is gone
-    proc, record = spawn(svc.argv, svc.env, cfg.log_file(svc.name), pid_path, REPO, svc.port)
-    started.append(Started(svc.name, record))
+def start_stage(cfg: StackConfig, stage: list[Service], started: list[Started], out: Out) -> None:
+    """Start the services of one stage side by side (they do not depend on each other), then wait for all.
+    A service already running (live PID file) is left alone but must be healthy."""
+    launched: list[tuple[Service, subprocess.Popen, PidRecord]] = []
+    for svc in stage:
+        pid_path = cfg.pid_file(svc.name)
+        record = read_pid(pid_path)
+        if alive(record):
+            reason = wait_healthy(svc, record, None)
+            if reason:
+                raise StackError(f"{svc.name}: running as pid {record.pid} but {reason}; see "
+                                 f"{cfg.log_file(svc.name)} (`make down` then `make up` restarts it)")
+            out(f"{svc.name}: already running (pid {record.pid})")
+            continue
+        pid_path.unlink(missing_ok=True)  # stale: the process is gone
+        proc, record = spawn(svc.argv, svc.env, cfg.log_file(svc.name), pid_path, REPO, svc.port)
+        started.append(Started(svc.name, record))
+        launched.append((svc, proc, record))
     began = time.monotonic()
-    reason = wait_healthy(svc, record, proc)
-    if reason:
-        raise StackError(f"{svc.name}: failed to start: {reason}; last lines of {cfg.log_file(svc.name)}:\n"
-                         f"{tail(cfg.log_file(svc.name))}")
-    out(f"{svc.name}: started (pid {record.pid}{f', port {svc.port}' if svc.port else ''}, "
-        f"healthy after {time.monotonic() - began:.0f}s)")
+    for svc, proc, record in launched:
+        reason = wait_healthy(svc, record, proc)
+        if reason:
+            raise StackError(f"{svc.name}: failed to start: {reason}; last lines of {cfg.log_file(svc.name)}:\n"
+                             f"{tail(cfg.log_file(svc.name))}")
+        out(f"{svc.name}: started (pid {record.pid}{f', port {svc.port}' if svc.port else ''}, "
+            f"healthy after {time.monotonic() - began:.0f}s)")
+
+
+def stages(services: list[Service]) -> list[list[Service]]:
+    """Consecutive services with the same `stage` number start together."""
+    out: list[list[Service]] = []
+    for svc in services:
+        if out and out[-1][0].stage == svc.stage:
+            out[-1].append(svc)
+        else:
+            out.append([svc])
+    return out
 
 
 def stop_record(cfg: StackConfig, name: str, record: PidRecord) -> bool:
@@ -197,12 +214,15 @@ def stop_record(cfg: StackConfig, name: str, record: PidRecord) -> bool:
     return terminate(record)
 
 
-def up(cfg: StackConfig, out: Out = print) -> list[Service]:
-    """Bring the stack up; on failure stop what this call started and raise StackError."""
+def up(cfg: StackConfig, out: Out = print, services: list[Service] | None = None) -> list[Service]:
+    """Bring the stack up; on failure stop what this call started and raise StackError.
+    `services` replaces the catalogue (tests inject a faulty one)."""
     for folder in (cfg.home, cfg.run_dir, cfg.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     cfg.home.chmod(0o755)  # the postgres user must reach pgdata inside it
-    services, notes = catalogue(cfg)
+    notes: list[str] = []
+    if services is None:
+        services, notes = catalogue(cfg)
     preflight(cfg, services)
     started: list[Started] = []
     try:
@@ -210,11 +230,12 @@ def up(cfg: StackConfig, out: Out = print) -> list[Service]:
             ensure_postgres(cfg, started, out)
         apply_migrations(cfg, out)
         airflow_ready = False
-        for svc in services:
-            if svc.component == "airflow" and not airflow_ready and not alive(read_pid(cfg.pid_file(svc.name))):
+        for stage in stages(services):
+            if (not airflow_ready and any(svc.component == "airflow" for svc in stage)
+                    and not all(alive(read_pid(cfg.pid_file(svc.name))) for svc in stage)):
                 prepare_airflow(cfg, out)
                 airflow_ready = True
-            start_service(cfg, svc, started, out)
+            start_stage(cfg, stage, started, out)
     except BaseException:
         for item in reversed(started):
             stop_record(cfg, item.name, item.record)
