@@ -112,7 +112,12 @@ def _category_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, 
                                            | (codes != np.floor(np.where(finite, codes, 0)))))
         return codes, bad, f"feature '{feature.name}' expects one of {list(feature.categories)}"
     # Strings (the usual case): vectorised through pandas' categorical coder; -1 marks unknown or null.
-    codes_int = pd.Categorical(values, categories=list(feature.categories)).codes
+    try:
+        codes_int = pd.Categorical(values, categories=list(feature.categories)).codes
+    except TypeError:  # an unhashable value (a list or an object from JSON): code it as unknown, checked below
+        hashable = np.array([v if isinstance(v, (str, int, float, type(None))) else "\x00" for v in values],
+                            dtype=object)
+        codes_int = pd.Categorical(hashable, categories=list(feature.categories)).codes
     codes = codes_int.astype(np.float64)
     null = pd.isna(values)
     unknown = (codes_int == -1) & ~null
@@ -153,8 +158,9 @@ def encode_columns(spec: ModelSpec, columns: Mapping[str, Any], *, reject: bool 
             raise UnknownColumnError(f"unknown column '{extra[0]}' (model '{spec.name}' takes {names})",
                                      column=extra[0])
     for name in names:  # a mapping of scalars is one record, not columns: say so instead of failing obscurely
-        if np.ndim(columns[name]) != 1:
-            raise InputError(f"column '{name}' must be a 1-D list of values, got {type(columns[name]).__name__} "
+        col = columns[name]
+        if isinstance(col, (str, bytes, Mapping)) or not hasattr(col, "__len__") or getattr(col, "ndim", 1) != 1:
+            raise InputError(f"column '{name}' must be a 1-D list of values, got {type(col).__name__} "
                              f"(pass a single record as a list of one object)", column=name)
     n_rows = len(columns[names[0]])
     matrix = np.empty((n_rows, len(names)), dtype=np.float32)
@@ -165,7 +171,8 @@ def encode_columns(spec: ModelSpec, columns: Mapping[str, Any], *, reject: bool 
         if isinstance(raw, pd.Series):
             values = raw.to_numpy()
         else:  # plain lists become object arrays so that mixed JSON values are checked one by one
-            values = raw if isinstance(raw, np.ndarray) else np.asarray(raw, dtype=object)
+            # (fromiter: a value that is itself a list stays one bad value instead of a second dimension)
+            values = raw if isinstance(raw, np.ndarray) else np.fromiter(raw, dtype=object, count=len(raw))
         if len(values) != n_rows:
             raise InputError(f"column '{feature.name}' has {len(values)} rows, expected {n_rows}", column=feature.name)
         if feature.type == "category":
