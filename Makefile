@@ -41,3 +41,10 @@ demo: up
 .PHONY: bench-async
 bench-async: venv
 	$(PY) bench/async.py
+
+# Batch scoring benchmark: its own PostgreSQL and MLflow registry; naive vs reference vs platform vs 2 shards.
+# BATCH_BENCH_ROWS=5000000 for the large run (the naive script is capped at 1,000,000 rows, compared by rows/s).
+BATCH_BENCH_ROWS ?= 1000000
+.PHONY: bench-batch
+bench-batch: venv
+	$(PY) bench/batch.py --rows $(BATCH_BENCH_ROWS)
