@@ -72,6 +72,9 @@ class PredictionStore:
             raise StoreUnavailable(f"serving database unavailable: no connection within {self.timeout_s:g}s") from exc
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"serving database unavailable: {exc}".strip()) from exc
+        except psycopg.errors.UndefinedTable as exc:  # not migrated yet: unavailable, not a server error
+            raise StoreUnavailable(f"serving database is not migrated for model '{self.spec.name}': "
+                                   f"{exc}".strip()) from exc
 
     def latest_date(self) -> dt.date | None:
         """Latest prediction date with a successful batch run (cached for latest_ttl_s)."""
