@@ -225,3 +225,36 @@ def test_worker_survives_a_postgresql_restart(workers, specs):
         assert "database unavailable" in w.text()
     finally:
         cluster.destroy()
+
+
+def test_worker_hot_reloads_a_new_champion_between_batches(db_url, conn, specs, trained_models):
+    """The worker reuses the online app's ModelHolder: when the alias moves, the next batch uses the new version
+    and each job records the version that scored it (in-process worker, real registry)."""
+    from mlflow import MlflowClient
+
+    from serving.model_holder import ModelHolder
+    from serving.worker import Worker, WorkerSettings
+
+    spec = specs["spend"]
+    registry = MlflowClient()
+    before = registry.get_model_version_by_alias("spend", "champion").version
+    new = registry.copy_model_version(f"models:/spend/{before}", "spend").version
+    holder = ModelHolder(spec, poll_interval_s=3600)
+    holder.check_now()
+    worker = Worker("spend", holder, WorkerSettings(batch_size=64), db_url)
+    rows = features(spec, records(6, seed=4))
+    try:
+        first = submit_all(conn, "spend", [[r] for r in rows[:3]])
+        while worker.step():
+            pass
+        registry.set_registered_model_alias("spend", "champion", new)
+        assert holder.check_now()  # what the holder's poller does every SERVING_POLL_INTERVAL_S
+        second = submit_all(conn, "spend", [[r] for r in rows[3:]])
+        while worker.step():
+            pass
+    finally:
+        registry.set_registered_model_alias("spend", "champion", before)
+        worker._shutdown()
+    assert {queue.get(conn, i).model_version for i in first} == {int(before)}
+    assert {queue.get(conn, i).model_version for i in second} == {int(new)}
+    assert [queue.get(conn, i).result[0] for i in first + second] == expected(spec, rows)  # same booster bytes
