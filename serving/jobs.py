@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from scoring import queue
 from scoring.db import database_url
 from scoring.encoding import encode_columns
+from serving.blueprints.meta import DOCS
 from serving.blueprints.v1 import check_model
 from serving.errors import ApiError
 from serving.fast_encode import records_to_fast_columns
@@ -32,6 +33,14 @@ from serving.requests_json import json_body
 from serving.state import state
 
 bp = Blueprint("jobs", __name__)
+
+# The app's OpenAPI document is generated from the routes; these are their descriptions (all bearer-protected).
+DOCS.update({
+    ("/v1/models/{model}/jobs", "post"): (
+        'Async job: {"records": [...]} -> 202 + Location; Idempotency-Key header makes retries safe', "jobs", True),
+    ("/v1/jobs/{job_id}", "get"): ("Async job status; predictions and model_version when done", "jobs", True),
+    ("/v1/jobs/{job_id}", "delete"): ("Cancel a queued async job (409 once running or finished)", "jobs", True),
+})
 
 POOL_KEY = "jobs_db_pool"
 MAX_RECORDS = int(os.environ.get("SERVING_JOB_MAX_RECORDS", "10000"))

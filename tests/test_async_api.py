@@ -162,3 +162,10 @@ def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
         assert "Retry-After" not in client.get(f"/v1/jobs/{job_id}").headers
     done = client.delete(f"/v1/jobs/{ids[0]}")
     assert done.status_code == 409
+
+
+def test_job_routes_are_in_the_openapi_document(client):
+    doc = client.get("/openapi.json").json
+    assert doc["paths"]["/v1/models/{model}/jobs"]["post"]["security"] == [{"bearer": []}]
+    assert {"get", "delete"} <= set(doc["paths"]["/v1/jobs/{job_id}"])
+    assert doc["paths"]["/v1/jobs/{job_id}"]["get"]["tags"] == ["jobs"]
