@@ -28,6 +28,8 @@ import time
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from scoring.db import connect
 from scoring.store import ensure_day_partition
@@ -102,16 +104,30 @@ def generate_day(day: dt.date, n_customers: int, seed: int = 7) -> pd.DataFrame:
     return frame[COLUMNS]
 
 
+def to_csv_bytes(frame: pd.DataFrame) -> memoryview:
+    """CSV for COPY, written by Arrow (C++, ~7x faster than DataFrame.to_csv): NULL is an empty unquoted field,
+    strings are quoted, so an empty string stays distinguishable from NULL."""
+    sink = io.BytesIO()
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed-type columns (hand-edited frames): pandas writes anything
+        return memoryview(frame.to_csv(index=False, header=False).encode())
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
+    return sink.getbuffer()
+
+
 def write_day(conn: psycopg.Connection, frame: pd.DataFrame, day: dt.date) -> int:
     """Replace the day's partition with `frame` in one transaction (re-running never duplicates)."""
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False, header=False)
+    if not (frame["snapshot_date"] == day).all():  # a row of another day would violate the partition bound
+        raise ValueError(f"write_day: every row must have snapshot_date {day}")
+    data = to_csv_bytes(frame[COLUMNS])
     with conn.transaction():
         part = ensure_day_partition(conn, TABLE, day)
         conn.execute(psycopg.sql.SQL("TRUNCATE {}").format(part))
         with conn.cursor().copy(psycopg.sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
                 part, psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, COLUMNS)))) as copy:
-            copy.write(buf.getvalue())
+            for start in range(0, len(data), 1 << 20):  # 1 MiB blocks
+                copy.write(data[start:start + (1 << 20)])
     return len(frame)
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import mlflow
@@ -414,6 +415,18 @@ def run_gate(spec: ModelSpec, version: str, data: TrainingData, baseline: float)
 # -- training + logging ----------------------------------------------------------------------------------------
 
 
+def pip_requirements() -> list[str]:
+    """The logged model's requirements, pinned to what trained it. Given explicitly because MLflow's inference
+    loads the model again in a subprocess (~5-10 s per training) and then also lists unrelated packages."""
+    pins = []
+    for dist in ("mlflow", "xgboost", "xgboost-cpu", "scikit-learn", "numpy", "pandas", "scipy"):
+        try:
+            pins.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:  # xgboost comes as `xgboost` or as `xgboost-cpu`
+            continue
+    return pins
+
+
 def train_and_log(spec: ModelSpec, data: TrainingData, *, overrides: dict[str, Any] | None = None,
                   airflow_run_id: str | None = None) -> Candidate:
     """Fit on `data`, log the run to MLflow and register a new version (tagged gate.decision=pending)."""
@@ -442,7 +455,7 @@ def train_and_log(spec: ModelSpec, data: TrainingData, *, overrides: dict[str, A
         mlflow.set_tags(tags)
         signature = infer_signature(example, model.predict(example))
         info = mlflow.xgboost.log_model(model, name="model", signature=signature, input_example=example,
-                                        registered_model_name=spec.name)
+                                        registered_model_name=spec.name, pip_requirements=pip_requirements())
     version = str(info.registered_model_version)
     mc = client()
     for key, value in {**tags, "run_id": run.info.run_id, f"holdout_{spec.metric}": f"{candidate:.6g}",
