@@ -230,6 +230,29 @@ def claim(conn: psycopg.Connection, model: str, worker_id: str, limit: int, leas
     return jobs
 
 
+def plan_batches(jobs: Sequence[ClaimedJob], max_records: int) -> list[list[ClaimedJob]]:
+    """Split one claim into scorer calls, in the order to run and commit them.
+
+    First-time jobs go together (micro-batches of at most `max_records` records, at least one job each, bounding
+    memory). Jobs tried before (attempts > 1: they failed, or their worker died holding them) come last and one
+    at a time: if one of them is what kills workers, its batch-mates' results are already committed, and a crash
+    costs only its own attempt.
+    """
+    batches: list[list[ClaimedJob]] = []
+    current: list[ClaimedJob] = []
+    total = 0
+    for job in (j for j in jobs if j.attempts <= 1):
+        if current and total + len(job.records) > max_records:
+            batches.append(current)
+            current, total = [], 0
+        current.append(job)
+        total += len(job.records)
+    if current:
+        batches.append(current)
+    batches.extend([j] for j in jobs if j.attempts > 1)
+    return batches
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What scoring one claimed job gave: a result (one dict per record) or an error."""

@@ -13,8 +13,9 @@ empty, sleep on LISTEN/NOTIFY (woken by submits) with a polling fallback. Run as
   a job reclaimed by another worker meanwhile is not written twice).
 
 Settings (env): SERVING_MODEL, SERVING_MODEL_REF, SERVING_POLL_INTERVAL_S, SERVING_BOOSTER_THREADS, DATABASE_URL
-(shared with the online app), WORKER_BATCH_SIZE (256), WORKER_LEASE_S (30), WORKER_IDLE_POLL_S (2),
-WORKER_RETRY_BACKOFF_S (1), WORKER_TEST_FAULT (tests only: `poison:<feature>=<json value>` or `stall:<seconds>`).
+(shared with the online app), WORKER_BATCH_SIZE (256 jobs), WORKER_MAX_BATCH_RECORDS (50000),
+WORKER_LEASE_S (30), WORKER_IDLE_POLL_S (2), WORKER_RETRY_BACKOFF_S (1),
+WORKER_TEST_FAULT (tests only: `poison:<feature>=<json value>` or `stall:<seconds>`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 @dataclass(frozen=True)
 class WorkerSettings:
     batch_size: int = 256
+    max_batch_records: int = 50_000  # records per scorer call (jobs may carry many records each)
     lease_s: float = 30.0
     idle_poll_s: float = 2.0  # polling fallback when no NOTIFY arrives
     retry_backoff_s: float = 1.0
@@ -58,12 +60,13 @@ class WorkerSettings:
     @classmethod
     def from_env(cls) -> WorkerSettings:
         s = cls(batch_size=_env_int("WORKER_BATCH_SIZE", 256), lease_s=_env_float("WORKER_LEASE_S", 30.0),
+                max_batch_records=_env_int("WORKER_MAX_BATCH_RECORDS", 50_000),
                 idle_poll_s=_env_float("WORKER_IDLE_POLL_S", 2.0),
                 retry_backoff_s=_env_float("WORKER_RETRY_BACKOFF_S", 1.0),
                 fault=os.environ.get("WORKER_TEST_FAULT") or None)
-        if s.batch_size < 1 or s.lease_s <= 0 or s.idle_poll_s <= 0 or s.retry_backoff_s < 0:
-            raise ConfigError("WORKER_BATCH_SIZE, WORKER_LEASE_S and WORKER_IDLE_POLL_S must be positive, "
-                              "WORKER_RETRY_BACKOFF_S not negative")
+        if min(s.batch_size, s.max_batch_records, s.lease_s, s.idle_poll_s) <= 0 or s.retry_backoff_s < 0:
+            raise ConfigError("WORKER_BATCH_SIZE, WORKER_MAX_BATCH_RECORDS, WORKER_LEASE_S and WORKER_IDLE_POLL_S "
+                              "must be positive, WORKER_RETRY_BACKOFF_S not negative")
         return s
 
 
@@ -177,9 +180,10 @@ class Worker:
         jobs = queue.claim(self._conn, self.model, self.worker_id, self.settings.batch_size, self.settings.lease_s)
         if not jobs:
             return False
-        outcomes = queue.score_jobs(self._scorer(scorer), jobs, entity_key=self.holder.spec.source.entity_key)
-        self._pending = (scorer.version, outcomes)
-        self._flush()
+        for batch in queue.plan_batches(jobs, self.settings.max_batch_records):
+            outcomes = queue.score_jobs(self._scorer(scorer), batch, entity_key=self.holder.spec.source.entity_key)
+            self._pending = (scorer.version, outcomes)
+            self._flush()  # committed batch by batch (see plan_batches)
         return True
 
     # --- the loop ---------------------------------------------------------------------------------------------

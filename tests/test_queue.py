@@ -183,3 +183,18 @@ def test_purge_finished_keeps_recent_and_unfinished(conn, model):
     assert deleted >= 2
     left = {r[0] for r in conn.execute("SELECT id FROM ops.prediction_jobs WHERE model_name = %s", (model,))}
     assert left == {new_done, queued}
+
+
+def _claimed(n_records: int, attempts: int = 1) -> queue.ClaimedJob:
+    return queue.ClaimedJob(id=uuid.uuid4(), records=[ROW] * n_records, attempts=attempts, max_attempts=3)
+
+
+def test_plan_batches_caps_records_and_isolates_retried_jobs():
+    fresh = [_claimed(3), _claimed(3), _claimed(5), _claimed(1)]
+    retried = [_claimed(1, attempts=2), _claimed(2, attempts=3)]
+    plan = queue.plan_batches([fresh[0], retried[0], fresh[1], fresh[2], retried[1], fresh[3]], max_records=6)
+    # first-time jobs together (<= 6 records per call), then every retried job alone, last
+    assert plan == [[fresh[0], fresh[1]], [fresh[2], fresh[3]], [retried[0]], [retried[1]]]
+    big = _claimed(50)
+    assert queue.plan_batches([big, fresh[0]], max_records=6) == [[big], [fresh[0]]]  # an oversize job still runs
+    assert queue.plan_batches([], 10) == []
