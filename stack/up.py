@@ -334,17 +334,17 @@ def write_env_file(cfg: StackConfig) -> Path:
 def summary(cfg: StackConfig, services: list[Service]) -> str:
     serving = [s for s in services if s.component == "serving"]
     lines = ["", "The platform is up.", ""]
-    lines.append(f"  PostgreSQL  {cfg.db_url('serving')}  (databases: {', '.join(DATABASES)})")
+    lines.append(f"  PostgreSQL     {cfg.db_url('serving')}  (databases: {', '.join(DATABASES)})")
     if cfg.wants("mlflow"):
-        lines.append(f"  MLflow      {cfg.mlflow_url}  (UI + registry; artifacts in {cfg.artifacts_dir})")
+        lines.append(f"  MLflow         {cfg.mlflow_url}  (UI + registry; artifacts in {cfg.artifacts_dir})")
     if cfg.wants("airflow"):
-        lines.append(f"  Airflow     {cfg.airflow_url}  login: {cfg.admin_user} / {cfg.admin_password}")
+        lines.append(f"  Airflow        {cfg.airflow_url}  login: {cfg.admin_user} / {cfg.admin_password}")
     for svc in serving:
-        lines.append(f"  {svc.name:<11} {svc.url}  (health {svc.url}/healthz)")
+        lines.append(f"  {svc.name:<14} {svc.url}  (health {svc.url}/healthz)")
     workers = [s.name for s in services if s.component == "worker"]
     if workers:
-        lines.append(f"  workers     {', '.join(workers)}")
-    lines += [f"  logs        {cfg.log_dir}    PID files {cfg.run_dir}", "", "Try:"]
+        lines.append(f"  workers        {', '.join(workers)}")
+    lines += [f"  logs           {cfg.log_dir}    PID files {cfg.run_dir}", "", "Try:"]
     if serving:
         lines.append(f"  curl -s {serving[0].url}/healthz")
     lines.append(f"  psql {cfg.db_url('serving')} -c "
