@@ -59,7 +59,8 @@ def _pool() -> ConnectionPool:
                 connect = {"autocommit": True, "connect_timeout": max(int(settings.db_timeout_s), 1)}
                 pool = ConnectionPool(settings.database_url or database_url(), min_size=1,
                                       max_size=max(settings.db_pool_max, 1), timeout=settings.db_timeout_s,
-                                      kwargs=connect, name="jobs", open=True)
+                                      kwargs=connect, name="jobs", open=True,
+                                      check=ConnectionPool.check_connection)  # drop connections a DB restart broke
                 current_app.extensions[POOL_KEY] = pool
                 atexit.register(pool.close)
     return pool

@@ -169,3 +169,20 @@ def test_job_routes_are_in_the_openapi_document(client):
     assert doc["paths"]["/v1/models/{model}/jobs"]["post"]["security"] == [{"bearer": []}]
     assert {"get", "delete"} <= set(doc["paths"]["/v1/jobs/{job_id}"])
     assert doc["paths"]["/v1/jobs/{job_id}"]["get"]["tags"] == ["jobs"]
+
+
+def test_queue_database_down_is_503_not_500():
+    from stack.pg import free_port
+
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/serving"
+    app = create_app("churn", settings=Settings(model="churn", database_url=down, db_timeout_s=0.5),
+                     start_holder=False)
+    client = app.test_client()
+    resp = client.post("/v1/models/churn/jobs", json={"records": [GOOD]})
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert client.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 503
+    # bad input is still refused first, without touching the database
+    assert client.post("/v1/models/churn/jobs", json={"records": [{**GOOD, "plan": "gold"}]}).status_code == 422
+    from serving.jobs import POOL_KEY
+
+    app.extensions[POOL_KEY].close()  # stop its reconnect attempts
