@@ -13,7 +13,7 @@ workers = int(os.environ.get("SERVING_WORKERS", "2"))
 # (a sync worker closes each one) and overlaps a request's database wait with another's scoring.
 threads = int(os.environ.get("SERVING_THREADS", "4"))
 worker_class = os.environ.get("SERVING_WORKER_CLASS", "gthread" if threads > 1 else "sync")
-timeout = int(os.environ.get("SERVING_TIMEOUT_S", "30"))
+timeout = int(os.environ.get("SERVING_TIMEOUT_S", "60"))  # also bounds a worker's boot (model load)
 graceful_timeout = int(os.environ.get("SERVING_GRACEFUL_TIMEOUT_S", "20"))
 keepalive = int(os.environ.get("SERVING_KEEPALIVE_S", "5"))
 backlog = int(os.environ.get("SERVING_BACKLOG", "2048"))

@@ -56,6 +56,15 @@ class PredictionStore:
                           "WHERE model_name = %s AND status = 'success'")
         self._latest: tuple[dt.date | None, float] | None = None  # (date, fetched at monotonic)
         self._latest_lock = threading.Lock()
+        # Live fallback for a lookup miss: the entity's feature row on the latest feature date.
+        src = spec.source
+        src_schema, src_table = src.table.split(".", 1)
+        self._features_q = sql.SQL("SELECT {date}, {cols} FROM {table} WHERE {date} = %s AND {key} = %s").format(
+            date=sql.Identifier(src.date_column), cols=sql.SQL(", ").join(map(sql.Identifier, spec.feature_names)),
+            table=sql.Identifier(src_schema, src_table), key=sql.Identifier(src.entity_key))
+        self._feature_day_q = sql.SQL("SELECT max({date}) FROM {table}").format(
+            date=sql.Identifier(src.date_column), table=sql.Identifier(src_schema, src_table))
+        self._feature_day: tuple[dt.date | None, float] | None = None
 
     def open(self) -> PredictionStore:
         self.pool.open(wait=False)  # never block worker start on the database
@@ -90,6 +99,19 @@ class PredictionStore:
             day = rows[0][0] if rows else None
             self._latest = (day, time.monotonic())
             return day
+
+    def latest_features(self, entity_id: int) -> tuple[dt.date, dict[str, Any]] | None:
+        """The entity's feature values on the latest feature date (None when it has no row that day)."""
+        cached = self._feature_day
+        if cached is None or time.monotonic() - cached[1] >= self.latest_ttl_s:
+            rows = self._run(self._feature_day_q, ())
+            cached = self._feature_day = (rows[0][0] if rows else None, time.monotonic())
+        if cached[0] is None:
+            return None
+        rows = self._run(self._features_q, (cached[0], entity_id))
+        if not rows:
+            return None
+        return rows[0][0], dict(zip(self.spec.feature_names, rows[0][1:], strict=True))
 
     def get_many(self, entity_ids: list[int], day: dt.date) -> dict[int, Precomputed]:
         rows = self._run(self._by_key, (day, entity_ids))

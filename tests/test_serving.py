@@ -183,6 +183,14 @@ def test_lookup_latest_and_by_date(served, db_url):
     assert bad_id.status_code == 400 and "customer_id" in bad_id.json()["error"]["message"]
     assert requests.get(served["url"] + "/v1/models/spend2/predictions/17", timeout=5).status_code == 404
 
+    # a miss with ?fallback=live is scored from the entity's latest features: the same number batch stored
+    live = requests.get(url + "17?date=2020-01-01&fallback=live", timeout=5).json()
+    assert live["source"] == "live" and live["features_date"] == day.isoformat(), live
+    assert (live["score"], live["label"]) == (score, label)
+    nothing = requests.get(url + "99999999?fallback=live", timeout=5)
+    assert nothing.status_code == 404 and "no features" in nothing.json()["error"]["message"]
+    assert requests.get(url + "17?fallback=sometimes", timeout=5).status_code == 400
+
 
 def test_lookup_never_serves_a_half_loaded_day(served, db_url, specs):
     day = served["day"] + dt.timedelta(days=1)  # a later day whose run has not finished

@@ -18,7 +18,8 @@ DOCS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("/openapi.json", "get"): ("This document", "operations", False),
     ("/v1/models/{model}", "get"): ("Model spec, loaded version, loaded at, signature, reload state", "v1", False),
     ("/v1/models/{model}/predictions/{entity_id}", "get"): (
-        "Latest precomputed (batch) prediction of an entity, or ?date=YYYY-MM-DD", "v1", True),
+        "Latest precomputed (batch) prediction of an entity, or ?date=YYYY-MM-DD; ?fallback=live scores the "
+        "entity's latest features on a miss", "v1", True),
     ("/v1/models/{model}/predict", "post"): (
         'Live prediction: {"records": [...], "fallback"?: "live" | "precomputed"}', "v1", True),
     ("/invocations", "post"): ("MLflow scoring protocol (dataframe_split, dataframe_records, instances, inputs; "
@@ -35,6 +36,9 @@ DOCS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("/v2/models/{model}/versions/{version}/ready", "get"): ("OIP model version ready", "oip", False),
     ("/v2/models/{model}/infer", "post"): ("OIP inference (JSON tensors, binary tensor extension)", "oip", True),
     ("/v2/models/{model}/versions/{version}/infer", "post"): ("OIP inference on a version", "oip", True),
+    ("/v1/models/{model}/jobs", "post"): ("Submit an async prediction job (Idempotency-Key)", "jobs", True),
+    ("/v1/jobs/{job_id}", "get"): ("Async job status and result", "jobs", True),
+    ("/v1/jobs/{job_id}", "delete"): ("Cancel a queued async job", "jobs", True),
 }
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {

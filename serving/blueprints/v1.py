@@ -74,17 +74,43 @@ def lookup(model: str, entity_id: str) -> Response:
         eid = int(entity_id)
     except ValueError as exc:
         raise ApiError(400, "invalid_entity_id", f"{key} must be an integer, got {entity_id!r}") from exc
+    fallback = request.args.get("fallback")
+    if fallback not in (None, "live"):
+        raise ApiError(400, "invalid_fallback", f"fallback must be 'live' (or absent), got {fallback!r}")
     store = _store(st)
-    day = _serving_date(store, request.args.get("date"))
     try:
+        day = _serving_date(store, request.args.get("date"))
         found = store.get(eid, day)
     except StoreUnavailable as exc:
         raise ApiError(503, "database_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
+    except ApiError as exc:
+        if not (fallback == "live" and exc.code == "no_predictions"):
+            raise
+        day, found = None, None
     if found is None:
+        if fallback == "live":  # compute only on a miss, from the entity's latest features
+            return _live_lookup(st, eid)
         raise ApiError(404, "entity_not_found", f"no precomputed prediction for {key}={eid} on {day.isoformat()}",
                        column=key)
     ROWS.labels(st.spec.name, "precomputed").inc()
     return jsonify(_precomputed_body(st, found))
+
+
+def _live_lookup(st: ServingState, eid: int) -> Response:
+    key = st.spec.source.entity_key
+    try:
+        row = _store(st).latest_features(eid)
+    except StoreUnavailable as exc:
+        raise ApiError(503, "database_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
+    if row is None:
+        raise ApiError(404, "entity_not_found", f"no precomputed prediction and no features for {key}={eid}",
+                       column=key)
+    features_date, record = row
+    scorer = loaded_scorer(st)
+    item = _live_items(scorer, [record], st.category_maps)[0]
+    ROWS.labels(st.spec.name, "live").inc()
+    return jsonify({"model": st.spec.name, "entity_key": key, "entity_id": eid, **item,
+                    "model_version": scorer.version, "features_date": features_date.isoformat(), "source": "live"})
 
 
 def _live_items(scorer, records: list[dict[str, Any]], maps) -> list[dict[str, Any]]:
