@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from croniter import croniter
 
@@ -121,35 +122,34 @@ _FEATURE_KEYS = {"name", "type", "nullable", "categories"}
 _CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"}  # Airflow's presets
 
 
-def _int_at_least(low: int) -> Any:
-    def check(v: Any) -> str | None:
-        ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
-        return None if ok else f"must be an integer >= {low}, got {v!r}"
-    return check
-
-
-def _number_in(low: float, high: float | None, *, low_open: bool = False) -> Any:
-    def check(v: Any) -> str | None:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-        ok = ok and (v > low if low_open else v >= low) and (high is None or v <= high)
-        bound = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
-        return None if ok else f"must be a number in {bound}, got {v!r}"
-    return check
-
-
-def _tree_method(v: Any) -> str | None:
-    return None if v in ("hist", "approx", "exact") else f"must be hist, approx or exact, got {v!r}"
-
-
-# The XGBoost parameters a spec (or a training run's overrides) may set, each with its check.
-XGBOOST_PARAMS: dict[str, Any] = {
-    "n_estimators": _int_at_least(1), "max_depth": _int_at_least(0), "max_bin": _int_at_least(2),
-    "random_state": _int_at_least(0), "learning_rate": _number_in(0, 1, low_open=True),
-    "subsample": _number_in(0, 1, low_open=True), "colsample_bytree": _number_in(0, 1, low_open=True),
-    "min_child_weight": _number_in(0, None), "gamma": _number_in(0, None), "reg_alpha": _number_in(0, None),
-    "reg_lambda": _number_in(0, None), "tree_method": _tree_method,
+# The XGBoost parameters a spec (or a training run's overrides) may set, as JSON-schema rules: checked here, and
+# handed to Airflow as the trigger form's schema so a bad override is refused when the run is triggered.
+_UNIT = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+_NON_NEGATIVE = {"type": "number", "minimum": 0}
+XGBOOST_PARAMS: dict[str, dict[str, Any]] = {
+    "n_estimators": {"type": "integer", "minimum": 1}, "max_depth": {"type": "integer", "minimum": 0},
+    "max_bin": {"type": "integer", "minimum": 2}, "random_state": {"type": "integer", "minimum": 0},
+    "learning_rate": _UNIT, "subsample": _UNIT, "colsample_bytree": _UNIT,
+    "min_child_weight": _NON_NEGATIVE, "gamma": _NON_NEGATIVE, "reg_alpha": _NON_NEGATIVE,
+    "reg_lambda": _NON_NEGATIVE, "tree_method": {"enum": ["hist", "approx", "exact"]},
 }
 _XGB_ALLOWED = set(XGBOOST_PARAMS)
+
+
+def _rule_problem(rule: dict[str, Any], v: Any) -> str | None:
+    if "enum" in rule:
+        return None if v in rule["enum"] else f"must be one of {', '.join(rule['enum'])}, got {v!r}"
+    is_int = isinstance(v, int) and not isinstance(v, bool)
+    ok = is_int if rule["type"] == "integer" else (is_int or (isinstance(v, float) and v == v))
+    ok = ok and v >= rule.get("minimum", -np.inf) and v > rule.get("exclusiveMinimum", -np.inf)
+    ok = ok and v <= rule.get("maximum", np.inf)
+    if ok:
+        return None
+    if rule["type"] == "integer":
+        return f"must be an integer >= {rule['minimum']}, got {v!r}"
+    low = f"({rule['exclusiveMinimum']:g}" if "exclusiveMinimum" in rule else f"[{rule.get('minimum', 0):g}"
+    high = f"{rule['maximum']:g}]" if "maximum" in rule else "inf)"
+    return f"must be a number in {low}, {high}, got {v!r}"
 
 
 def xgboost_param_problem(params: Any) -> tuple[str, str] | None:
@@ -159,7 +159,7 @@ def xgboost_param_problem(params: Any) -> tuple[str, str] | None:
     for key, value in params.items():
         if key not in XGBOOST_PARAMS:
             return str(key), f"unknown XGBoost parameter (allowed: {', '.join(sorted(XGBOOST_PARAMS))})"
-        why = XGBOOST_PARAMS[key](value)
+        why = _rule_problem(XGBOOST_PARAMS[key], value)
         if why:
             return key, why
     return None

@@ -50,7 +50,7 @@ from scoring.spec import ModelSpec, validate_xgboost_params
 log = logging.getLogger(__name__)
 
 DEFAULT_FIT_PARAMS: dict[str, Any] = {"random_state": 42, "n_jobs": 2}
-LATENCY_SAMPLES = 500  # single-row calls timed per round for the p99 (5 land above it)
+LATENCY_SAMPLES = 300  # single-row calls timed per round for the p99 (3 land above it)
 LATENCY_ROUNDS = 3
 LATENCY_WARMUP = 50
 

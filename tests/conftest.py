@@ -60,6 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     cluster = _state.get("cluster")
     if cluster is not None:
+        # Close Airflow's pooled connections first: its atexit hook would otherwise roll back on a dead server.
+        airflow_settings = sys.modules.get("airflow.settings")
+        if airflow_settings is not None and hasattr(airflow_settings, "dispose_orm"):
+            airflow_settings.dispose_orm(do_log=False)
         cluster.destroy()
         shutil.rmtree(_state["root"], ignore_errors=True)
 

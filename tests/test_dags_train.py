@@ -162,11 +162,17 @@ def test_too_small_window_fails_with_the_reason(dags, registry, demo_features, l
     assert "only 0 labelled rows in features.customer_daily (training.min_rows is 1000)" in out
 
 
-def test_bad_overrides_fail_the_run_before_training(dags, registry):
+@pytest.mark.parametrize("overrides, problem", [
+    ({"n_trees": 3}, "'n_trees' was unexpected"),
+    ({"n_estimators": "3"}, "'3' is not of type 'integer'"),
+    ({"learning_rate": 0}, "less than or equal to the minimum of 0"),
+])
+def test_bad_overrides_are_refused_when_the_run_is_triggered(dags, registry, overrides, problem):
     before = _versions(registry, "churn")
-    with pytest.raises(Exception, match="xgboost_overrides|Additional properties"):
+    with pytest.raises(Exception, match="xgboost_overrides") as info:
         dags["train_churn"].test(logical_date=dt.datetime(2026, 11, 2, 8, tzinfo=dt.UTC),
-                                 run_conf={"xgboost_overrides": {"n_trees": 3}})
+                                 run_conf={"xgboost_overrides": overrides})
+    assert problem in str(info.value)
     assert _versions(registry, "churn") == before
 
 

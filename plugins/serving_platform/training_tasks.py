@@ -30,7 +30,7 @@ def train_params() -> dict[str, Param]:
             description="Train on the window that ends the day before this date (YYYY-MM-DD, exclusive). "
                         "Default: the run's logical date."),
         "xgboost_overrides": Param(
-            {}, type="object", properties={k: {} for k in sorted(XGBOOST_PARAMS)}, additionalProperties=False,
+            {}, type="object", properties=XGBOOST_PARAMS, additionalProperties=False,
             description="XGBoost parameters replacing the spec's for this run only, e.g. "
                         '{"n_estimators": 1, "max_depth": 1} for a deliberately weak candidate.'),
     }
