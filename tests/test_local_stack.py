@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -34,10 +36,12 @@ def _free_ports(count: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-def _home() -> Path:
-    home = Path(tempfile.mkdtemp(prefix="stack-test-"))
-    home.chmod(0o755)  # the postgres user must reach pgdata inside it
-    return home
+@pytest.fixture()
+def home() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="stack-test-"))
+    path.chmod(0o755)  # the postgres user must reach pgdata inside it
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _config(home: Path, components: frozenset[str]) -> StackConfig:
@@ -63,9 +67,9 @@ def light_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVING_WORKERS", "1")  # one gunicorn worker per deployment keeps the test quick
 
 
-def test_up_twice_then_down_stops_every_process(light_serving: None) -> None:
+def test_up_twice_then_down_stops_every_process(home: Path, light_serving: None) -> None:
     components = frozenset({"postgres", "mlflow", "serving"} if serving_available() else {"postgres", "mlflow"})
-    cfg = _config(_home(), components)
+    cfg = _config(home, components)
     log: list[str] = []
     try:
         services = up(cfg, out=log.append)
@@ -105,8 +109,8 @@ def test_up_twice_then_down_stops_every_process(light_serving: None) -> None:
     assert (cfg.pgdata / "PG_VERSION").exists(), "down keeps the data"
 
 
-def test_a_taken_port_fails_naming_the_service_and_starts_nothing() -> None:
-    cfg = _config(_home(), frozenset({"postgres", "mlflow"}))
+def test_a_taken_port_fails_naming_the_service_and_starts_nothing(home: Path) -> None:
+    cfg = _config(home, frozenset({"postgres", "mlflow"}))
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", cfg.mlflow_port))
         squatter.listen()
@@ -119,8 +123,8 @@ def test_a_taken_port_fails_naming_the_service_and_starts_nothing() -> None:
     assert not port_in_use(cfg.pg_port), "nothing was started: not even PostgreSQL"
 
 
-def test_a_service_that_dies_at_start_stops_what_this_run_started() -> None:
-    cfg = _config(_home(), frozenset({"postgres"}))
+def test_a_service_that_dies_at_start_stops_what_this_run_started(home: Path) -> None:
+    cfg = _config(home, frozenset({"postgres"}))
     port = free_port()
     # the injected fault: a service that exits at once with a reason in its log
     broken = Service("broken-app", "serving", [sys.executable, "-c", "import sys; print('boom: no such setting'); "
@@ -133,8 +137,8 @@ def test_a_service_that_dies_at_start_stops_what_this_run_started() -> None:
     assert not port_in_use(cfg.pg_port), "PostgreSQL, started by this run, was stopped again"
 
 
-def test_missing_postgres_binaries_are_named() -> None:
-    cfg = _config(_home(), frozenset({"postgres"}))
+def test_missing_postgres_binaries_are_named(home: Path) -> None:
+    cfg = _config(home, frozenset({"postgres"}))
     result = subprocess.run([sys.executable, "-m", "stack.up", "up"], cwd=REPO,
                             env=_cli_env(cfg, PG_BINDIR="/nonexistent/bin"), capture_output=True, text=True,
                             timeout=60)
