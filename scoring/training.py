@@ -399,7 +399,12 @@ def run_gate(spec: ModelSpec, version: str, data: TrainingData, baseline: float)
                                 {f"candidate_{spec.metric}": candidate}, version)
     else:
         p99 = single_row_p99_ms(candidate_scorer, data.holdout_records) if spec.serving.online else None
-        decision = decide(spec, candidate, baseline, champion_metric(spec, data.holdout, exclude=version), p99)
+        champion = champion_metric(spec, data.holdout, exclude=version)
+        decision = decide(spec, candidate, baseline, champion, p99)
+        if champion is None and previous not in (None, version):  # a champion exists but takes other features
+            decision.reason = decision.reason.replace(
+                "first version:", f"champion v{previous} was trained on other features, so against the baseline:")
+            decision.champion_version = previous
     mc = client()
     for key, value in {**decision.tags(), "gate.holdout_rows": str(len(data.holdout)),
                        "gate.window": str(data.window)}.items():

@@ -176,6 +176,22 @@ def test_bad_overrides_are_refused_when_the_run_is_triggered(dags, registry, ove
     assert _versions(registry, "churn") == before
 
 
+def test_run_date_falls_back_to_run_after_and_conf_dates_are_checked():
+    from types import SimpleNamespace
+
+    import airflow  # noqa: F401 - importing Airflow puts plugins/ on sys.path
+    from serving_platform.run_dates import ConfError, conf_date, run_date
+
+    after = dt.datetime(2026, 11, 3, 4, tzinfo=dt.UTC)
+    assert run_date({"logical_date": dt.datetime(2026, 11, 2, 23, tzinfo=dt.UTC)}) == dt.date(2026, 11, 2)
+    # A run triggered through the API without a logical date still has a date: its run_after.
+    assert run_date({"logical_date": None, "dag_run": SimpleNamespace(run_after=after)}) == dt.date(2026, 11, 3)
+    assert conf_date("2026-11-02", "end_date") == dt.date(2026, 11, 2)
+    assert conf_date(None, "end_date") is None and conf_date("", "end_date") is None
+    with pytest.raises(ConfError, match="conf 'end_date': expected a date YYYY-MM-DD, got '02/11/2026'"):
+        conf_date("02/11/2026", "end_date")
+
+
 def test_demo_features_writes_the_logical_day_idempotently(dags, db_url):
     import psycopg
 

@@ -199,10 +199,11 @@ def _toy_raw(spec: ModelSpec) -> dict:
 # -- train -> register -> gate against the real MLflow server --------------------------------------------------
 
 
-def _trial_spec(**serving) -> ModelSpec:
+def _trial_spec(features_drop: int = 0, **serving) -> ModelSpec:
     """The churn entry under a fresh model name, so this registry history starts empty."""
     document = yaml.safe_load((REPO / "models.yaml").read_text())
     entry = copy.deepcopy(document["models"]["churn"])
+    entry["features"] = entry["features"][:len(entry["features"]) - features_drop]
     entry["prediction_table"] = "predictions.churn_trial"
     entry["xgboost"]["n_estimators"] = 40  # quicker; still far better than the baseline
     entry["serving"].update(serving)
@@ -237,12 +238,32 @@ def test_first_version_latency_budget_and_retried_gate(mlflow_server, demo_featu
         data = load_holdout(conn, spec, end)
         again = run_gate(spec, first.version, data, baseline=0.5)
         assert again.promoted and again.reason == f"version {first.version} is already the champion"
+        # The spec's feature list changes: the champion cannot score the new rows, so the baseline decides.
+        fewer = _trial_spec(features_drop=1)
+        changed = train_and_register(fewer, conn, end)
+        assert changed.decision.promoted, changed.decision.reason
+        assert changed.decision.reason.startswith(f"champion v{first.version} was trained on other features, "
+                                                  f"so against the baseline: roc_auc")
     tags = mc.get_model_version("churn_trial", first.version).tags
     assert tags["gate.decision"] == "promoted" and tags["training_window"] == str(Window.ending(spec, end))
     run = mc.get_run(first.run_id)
     assert float(run.data.metrics["holdout_roc_auc"]) == pytest.approx(first.metric)
     assert run.data.params["n_estimators"] == "40"
-    assert mlflow.models.get_model_info(f"models:/churn_trial/{first.version}").signature is not None
+    info = mlflow.models.get_model_info(f"models:/churn_trial/{first.version}")
+    assert info.signature.inputs.input_names() == spec.feature_names
+
+
+def test_demo_data_is_deterministic_with_missing_values_and_a_signal():
+    day = dt.date(2026, 11, 1)
+    a, b = generate_day(day, 5_000), generate_day(day, 5_000)
+    pd.testing.assert_frame_equal(a, b)
+    assert not generate_day(day + dt.timedelta(days=1), 5_000).equals(a)  # daily behaviour changes
+    for column in ("region", "data_usage_gb", "avg_session_minutes", "days_since_last_login"):
+        assert 0.01 < a[column].isna().mean() < 0.06  # ~3% missing, as documented
+    assert a[["plan", "contract", "tenure_months", "churned"]].notna().all().all()
+    # The planted signal: month-to-month contracts churn far more than two-year ones.
+    by_contract = a.groupby("contract")["churned"].mean()
+    assert by_contract["month-to-month"] > 2 * by_contract["two-year"]
 
 
 # -- the shared scorer equals MLflow's own predictions ----------------------------------------------------------
