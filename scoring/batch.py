@@ -243,7 +243,7 @@ def _fault_sleep() -> None:
         time.sleep(seconds)
 
 
-def _prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
     """Run `items` in a thread, `depth` items ahead: the next COPY block is received and parsed while this
     thread encodes and scores the current one (XGBoost and numpy release the GIL)."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
@@ -283,6 +283,15 @@ def _prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         worker.join()
 
 
+class _BoundedQueuedWriter(QueuedLibpqWriter):
+    """psycopg's queued COPY writer with a short queue: its default 1,024 slots of up to 128 kB would let
+    memory grow by ~128 MB whenever the server is slower than scoring; a short queue makes scoring wait."""
+
+    def __init__(self, cursor: psycopg.Cursor, slots: int = 32) -> None:
+        super().__init__(cursor)
+        self._queue = queue.Queue(maxsize=slots)
+
+
 def _stream_scores(read_conn: psycopg.Connection, write_conn: psycopg.Connection, scorer: Scorer,
                    plan: BatchPlan, shard: int, types: dict[str, str],
                    chunk_rows: int) -> tuple[int, list[np.ndarray], list[list[InputError]]]:
@@ -302,7 +311,7 @@ def _stream_scores(read_conn: psycopg.Connection, write_conn: psycopg.Connection
     # Three things overlap: psql + a reader thread fetch and parse the next block, this thread encodes and
     # scores (numpy/XGBoost release the GIL), and the queued writer's thread sends predictions to the server.
     with copy_out(read_conn, query) as source, \
-            write_cur.copy(copy_in, writer=QueuedLibpqWriter(write_cur)) as sink:
+            write_cur.copy(copy_in, writer=_BoundedQueuedWriter(write_cur)) as sink:
         sink.write(HEADER)
         blocks = read_fixed_rows(source, len(names), chunk_rows)
         for block in _prefetch(blocks):

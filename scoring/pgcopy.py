@@ -108,7 +108,8 @@ def read_fixed_rows(messages: Iterable[bytes | memoryview], n_values: int,
                     chunk_rows: int) -> Iterator[np.ndarray]:
     """Blocks of up to `chunk_rows` parsed rows from the raw messages of a binary COPY TO.
 
-    Messages are joined into one bytes object per block (one copy), then viewed as a structured array.
+    Messages are joined into one bytes object per block (the only copy: slices are memoryviews), then viewed
+    as a structured array; at most one block plus the next block's pieces are held at a time.
     """
     dtype = fixed_rows_dtype(n_values)
     width = dtype.itemsize
@@ -117,39 +118,41 @@ def read_fixed_rows(messages: Iterable[bytes | memoryview], n_values: int,
     size = 0
     header_left = len(HEADER)
 
-    def emit(data: bytes) -> np.ndarray:
-        rows = np.frombuffer(data, dtype=dtype)
+    def emit(view: memoryview) -> np.ndarray:
+        rows = np.frombuffer(view, dtype=dtype)
         _check_block(rows, n_values)
         return rows
+
+    def strip_header(view: memoryview) -> memoryview:
+        if bytes(view[:len(SIGNATURE)]) != SIGNATURE:
+            raise CopyFormatError("not a binary COPY stream (bad signature)")
+        return view[len(HEADER):]
 
     for message in messages:
         parts.append(message)
         size += len(message)  # noqa: SIM113 - bytes, not a count
         if size - header_left >= target:
-            data = b"".join(parts)
+            view = memoryview(b"".join(parts))
+            parts.clear()
             if header_left:
-                if data[:len(SIGNATURE)] != SIGNATURE:
-                    raise CopyFormatError("not a binary COPY stream (bad signature)")
-                data = data[header_left:]
-                header_left = 0
-            whole = len(data) // width * width
-            yield emit(data[:whole])
-            rest = data[whole:]
+                view, header_left = strip_header(view), 0
+            whole = len(view) // width * width
+            rest = bytes(view[whole:])  # less than one row
             parts, size = ([rest], len(rest)) if rest else ([], 0)
-    data = b"".join(parts)
+            yield emit(view[:whole])
+    view = memoryview(b"".join(parts))
+    parts.clear()
     if header_left:
-        if not data:
+        if not len(view):
             return
-        if data[:len(SIGNATURE)] != SIGNATURE:
-            raise CopyFormatError("not a binary COPY stream (bad signature)")
-        data = data[header_left:]
-    if data[-len(TRAILER):] != TRAILER:
+        view = strip_header(view)
+    if bytes(view[-len(TRAILER):]) != TRAILER:
         raise CopyFormatError("binary COPY stream without its trailer (truncated)")
-    data = data[:-len(TRAILER)]
-    if len(data) % width:
-        raise CopyFormatError(f"binary COPY stream of {len(data)} bytes is not a whole number of {width}-byte rows")
-    if data:
-        yield emit(data)
+    view = view[:-len(TRAILER)]
+    if len(view) % width:
+        raise CopyFormatError(f"binary COPY stream of {len(view)} bytes is not a whole number of {width}-byte rows")
+    if len(view):
+        yield emit(view)
 
 
 def prediction_rows(keys: np.ndarray, scores: np.ndarray, labels: np.ndarray | None) -> bytes:
