@@ -11,7 +11,7 @@ import pytest
 from scoring.demo_data import generate_day
 from scoring.encoding import InputError, encode, encode_columns
 from scoring.spec import load_specs
-from serving.fast_encode import category_maps, records_to_fast_columns
+from serving.fast_encode import category_maps, encode_records, records_to_fast_columns
 
 
 def _records(spec, n: int) -> list[dict]:
@@ -27,16 +27,19 @@ def test_fast_columns_equal_the_encoder(name):
     assert any(v is None for r in records for v in r.values())  # nulls are covered
     np.testing.assert_array_equal(encode_columns(spec, records_to_fast_columns(records, maps)).matrix,
                                   encode(spec, records).matrix)
+    np.testing.assert_array_equal(encode_records(spec, records, maps), encode(spec, records).matrix)
     for rec in records[:50]:
         np.testing.assert_array_equal(encode_columns(spec, records_to_fast_columns([rec], maps)).matrix,
                                       encode(spec, [rec]).matrix)
+        np.testing.assert_array_equal(encode_records(spec, [rec], maps), encode(spec, [rec]).matrix)
 
 
 @pytest.mark.parametrize("change", [
     {"plan": "gold"}, {"plan": 1}, {"plan": 7}, {"plan": True}, {"plan": None}, {"tenure_months": 1.5},
     {"tenure_months": 2.0}, {"tenure_months": "3"}, {"tenure_months": True}, {"tenure_months": None},
     {"monthly_charges": "x"}, {"monthly_charges": [1]}, {"data_usage_gb": None}, {"region": None},
-    {"region": ""}, {"extra": 1},
+    {"region": ""}, {"extra": 1}, {"monthly_charges": float("nan")}, {"data_usage_gb": float("nan")},
+    {"monthly_charges": float("inf")}, {"tenure_months": 2**60}, {"monthly_charges": 7}, {"region": "north"},
 ])
 def test_fast_columns_same_errors_as_the_encoder(change):
     spec = load_specs()["churn"]
@@ -50,5 +53,7 @@ def test_fast_columns_same_errors_as_the_encoder(change):
         except InputError as exc:
             return (type(exc).__name__, str(exc), exc.column, exc.row)
 
-    assert outcome(lambda: encode_columns(spec, records_to_fast_columns(records, maps))) == \
-        outcome(lambda: encode(spec, records))
+    want = outcome(lambda: encode(spec, records))
+    assert outcome(lambda: encode_columns(spec, records_to_fast_columns(records, maps))) == want
+    direct = outcome(lambda: type("E", (), {"matrix": encode_records(spec, records, maps)})())
+    assert direct == want

@@ -8,9 +8,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from scoring.encoding import encode_columns
 from serving.errors import ApiError
-from serving.fast_encode import records_to_fast_columns
+from serving.fast_encode import encode_records
 from serving.lookup import Precomputed, StoreUnavailable
 from serving.metrics import ROWS
 from serving.middleware import require_token
@@ -114,7 +113,7 @@ def _live_lookup(st: ServingState, eid: int) -> Response:
 
 
 def _live_items(scorer, records: list[dict[str, Any]], maps) -> list[dict[str, Any]]:
-    out = scorer.predict_matrix(encode_columns(scorer.spec, records_to_fast_columns(records, maps)).matrix)
+    out = scorer.predict_matrix(encode_records(scorer.spec, records, maps))
     return out.records()
 
 
