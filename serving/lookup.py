@@ -49,9 +49,12 @@ class PredictionStore:
                                    reconnect_timeout=3600 * 24 * 365, name=f"serving-{spec.name}")
         schema, table = spec.prediction_table.split(".", 1)
         key = sql.Identifier(spec.source.entity_key)
-        self._by_key = sql.SQL(
-            "SELECT {key}, prediction_date, score, label, model_version, run_id, scored_at FROM {table} "
-            "WHERE prediction_date = %s AND {key} = ANY(%s)").format(key=key, table=sql.Identifier(schema, table))
+        # Queries are rendered to strings once: psycopg caches the conversion of plain strings, while a
+        # sql.Composed is converted again on every execute (~0.1 ms of a lookup's CPU).
+        select = sql.SQL("SELECT {key}, prediction_date, score, label, model_version, run_id, scored_at FROM {table} "
+                         "WHERE prediction_date = %s AND ").format(key=key, table=sql.Identifier(schema, table))
+        self._by_key = (select + sql.SQL("{key} = ANY(%s)").format(key=key)).as_string()
+        self._by_one = (select + sql.SQL("{key} = %s").format(key=key)).as_string()
         self._latest_q = ("SELECT max(prediction_date) FROM ops.batch_runs "
                           "WHERE model_name = %s AND status = 'success'")
         self._latest: tuple[dt.date | None, float] | None = None  # (date, fetched at monotonic)
@@ -61,9 +64,9 @@ class PredictionStore:
         src_schema, src_table = src.table.split(".", 1)
         self._features_q = sql.SQL("SELECT {date}, {cols} FROM {table} WHERE {date} = %s AND {key} = %s").format(
             date=sql.Identifier(src.date_column), cols=sql.SQL(", ").join(map(sql.Identifier, spec.feature_names)),
-            table=sql.Identifier(src_schema, src_table), key=sql.Identifier(src.entity_key))
+            table=sql.Identifier(src_schema, src_table), key=sql.Identifier(src.entity_key)).as_string()
         self._feature_day_q = sql.SQL("SELECT max({date}) FROM {table}").format(
-            date=sql.Identifier(src.date_column), table=sql.Identifier(src_schema, src_table))
+            date=sql.Identifier(src.date_column), table=sql.Identifier(src_schema, src_table)).as_string()
         self._feature_day: tuple[dt.date | None, float] | None = None
 
     def open(self) -> PredictionStore:
@@ -119,7 +122,11 @@ class PredictionStore:
                                        int(r[4]), r[5], r[6]) for r in rows}
 
     def get(self, entity_id: int, day: dt.date) -> Precomputed | None:
-        return self.get_many([entity_id], day).get(entity_id)
+        rows = self._run(self._by_one, (day, entity_id))
+        if not rows:
+            return None
+        r = rows[0]
+        return Precomputed(int(r[0]), r[1], float(r[2]), None if r[3] is None else int(r[3]), int(r[4]), r[5], r[6])
 
     def ping(self) -> bool:
         try:

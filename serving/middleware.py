@@ -16,6 +16,16 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def register_middleware(app: Flask, model: str) -> None:
+    children: dict[tuple[str, str, str], tuple] = {}  # label lookups cached: they cost more than the inc
+
+    def metrics_for(route: str, method: str, status: str) -> tuple:
+        key = (route, method, status)
+        pair = children.get(key)
+        if pair is None:
+            pair = children[key] = (REQUESTS.labels(model, route, method, status),
+                                    LATENCY.labels(model, route, status))
+        return pair
+
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
@@ -28,11 +38,11 @@ def register_middleware(app: Flask, model: str) -> None:
         resp.headers["X-Request-ID"] = g.get("request_id", "")
         rule = request.url_rule
         route = rule.rule if rule is not None else "unmatched"  # templates, never raw paths: bounded labels
-        status = str(resp.status_code)
-        REQUESTS.labels(model, route, request.method, status).inc()
+        count, latency = metrics_for(route, request.method, str(resp.status_code))
+        count.inc()
         started = g.get("started")
         if started is not None:
-            LATENCY.labels(model, route, status).observe(time.perf_counter() - started)
+            latency.observe(time.perf_counter() - started)
         return resp
 
 

@@ -25,6 +25,12 @@ class ServingState:
     store: PredictionStore | None = None
     category_maps: dict[str, Any] = field(default_factory=dict)  # see serving/fast_encode.py
 
+    def __post_init__(self) -> None:
+        from serving.metrics import ROWS
+
+        self.rows_live = ROWS.labels(self.spec.name, "live")  # hot-path counters, labels resolved once
+        self.rows_precomputed = ROWS.labels(self.spec.name, "precomputed")
+
     def db_ok(self) -> bool:
         return self.store is not None and self.store.ping()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from typing import Any
 
@@ -17,6 +18,11 @@ from serving.requests_json import check_rows, json_body
 from serving.state import ServingState, state
 
 bp = Blueprint("v1", __name__)
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    """A JSON response without Flask's provider machinery (measurably cheaper on the hot routes)."""
+    return Response(json.dumps(body), status=status, mimetype="application/json")
 
 FALLBACKS = ("live", "precomputed")
 
@@ -91,8 +97,8 @@ def lookup(model: str, entity_id: str) -> Response:
             return _live_lookup(st, eid)
         raise ApiError(404, "entity_not_found", f"no precomputed prediction for {key}={eid} on {day.isoformat()}",
                        column=key)
-    ROWS.labels(st.spec.name, "precomputed").inc()
-    return jsonify(_precomputed_body(st, found))
+    st.rows_precomputed.inc()
+    return json_response(_precomputed_body(st, found))
 
 
 def _live_lookup(st: ServingState, eid: int) -> Response:
@@ -180,8 +186,8 @@ def predict(model: str) -> Response:
             item["source"] = "live"
             if e is not None:
                 item[key] = e
-    ROWS.labels(st.spec.name, "live").inc(len(items))
-    return jsonify({"model": st.spec.name, "model_version": scorer.version, "predictions": items})
+    st.rows_live.inc(len(items))
+    return json_response({"model": st.spec.name, "model_version": scorer.version, "predictions": items})
 
 
 def _cache_hits(st: ServingState, entity_ids: list[Any]) -> dict[int, Precomputed]:
