@@ -25,6 +25,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -316,6 +317,7 @@ def main() -> int:
     finally:
         if cluster is not None:
             cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
 
     plat = results["platform"]
     print()
