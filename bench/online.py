@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                "SERVING_POLL_INTERVAL_S": os.environ.get("SERVING_POLL_INTERVAL_S", "3600")}
         settings = {k: v for k, v in os.environ.items() if k.startswith("SERVING_")}
         print(f"gunicorn settings: workers={os.environ.get('SERVING_WORKERS', '2')} "
-              f"threads={os.environ.get('SERVING_THREADS', '4')} {settings or ''}", flush=True)
+              f"threads={os.environ.get('SERVING_THREADS', '1')} {settings or ''}", flush=True)
         # All servers are started first and stay up (idle ones cost nothing); the wrk runs then go round-robin
         # for --rounds rounds and each target keeps its best run: on a shared machine this compares the
         # targets under similar noise instead of whatever happened to run during a busy moment.

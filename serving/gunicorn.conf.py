@@ -9,9 +9,11 @@ import os
 
 bind = os.environ.get("SERVING_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("SERVING_WORKERS", "2"))
-# gthread (4 threads per worker) measured faster than sync workers here: it keeps client connections alive
-# (a sync worker closes each one) and overlaps a request's database wait with another's scoring.
-threads = int(os.environ.get("SERVING_THREADS", "4"))
+# Sync workers (threads=1) measured best on 2 cores with wrk at 32 connections (bench/online.py, same run:
+# live 2223 vs 2108 req/s, lookup 2796 vs 2410 req/s, lower p99 than gthread with 4 threads): one request
+# per process at a time means no GIL hand-offs. SERVING_THREADS>1 switches to gthread (keep-alive, and a slow
+# database call then blocks one thread instead of the whole worker).
+threads = int(os.environ.get("SERVING_THREADS", "1"))
 worker_class = os.environ.get("SERVING_WORKER_CLASS", "gthread" if threads > 1 else "sync")
 timeout = int(os.environ.get("SERVING_TIMEOUT_S", "60"))  # also bounds a worker's boot (model load)
 graceful_timeout = int(os.environ.get("SERVING_GRACEFUL_TIMEOUT_S", "20"))
