@@ -57,3 +57,10 @@ def child_exit(server, worker) -> None:  # noqa: ANN001 - gunicorn hook
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:  # noqa: ANN001 - gunicorn hook
+    import shutil
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == _default_metrics_dir:  # ours to remove, not a caller's
+        shutil.rmtree(_default_metrics_dir, ignore_errors=True)
