@@ -121,7 +121,7 @@ def naive(url: str, spec: ModelSpec, rows: int) -> dict[str, Any]:
                                else frame[f.name]).astype(float) for f in spec.features})
     scores = model.predict_proba(x)[:, 1]
     out = pd.DataFrame({"prediction_date": DAY, "customer_id": frame["customer_id"], "score": scores,
-                        "label": (scores >= 0.5).astype(int), "model_name": spec.name, "model_version": 1,
+                        "label": (scores > 0.5).astype(int), "model_name": spec.name, "model_version": 1,
                         "run_id": "naive", "scored_at": pd.Timestamp.now(tz="UTC")})
     out.to_sql("churn_naive", engine, schema="predictions", if_exists="replace", index=False, chunksize=10_000)
     seconds = time.perf_counter() - started
@@ -155,7 +155,7 @@ def reference(url: str, spec: ModelSpec, rows: int) -> dict[str, Any]:
                 for j in range(len(spec.features)):
                     matrix[:, j] = block[f"v{j}"]
                 scores = booster.inplace_predict(matrix, validate_features=False)
-                sink.write(prediction_rows(block["key"], scores, (scores >= 0.5).astype(np.int8)))
+                sink.write(prediction_rows(block["key"], scores, (scores > 0.5).astype(np.int8)))
                 n += len(block)
             sink.write(TRAILER)
         out.commit()

@@ -10,6 +10,8 @@ Missing values become NaN, which XGBoost treats as "missing".
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +105,51 @@ def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, n
     return out, bad, f"feature '{feature.name}' expects {kind}"
 
 
+_MISSING = object()
+
+
+@functools.lru_cache(maxsize=1024)
+def _category_codes(feature: Feature) -> dict[str, float]:
+    return {c: float(i) for i, c in enumerate(feature.categories)}
+
+
+_EXACT = 2.0 ** 53  # integers beyond this would round as floats: left to the column path, which checks them
+
+
+def _plain_records_matrix(spec: ModelSpec, records: Sequence[Any]) -> np.ndarray | None:
+    """The matrix for records of plain valid JSON values, or None to take the column path.
+
+    The single-row hot path of live and async serving: records whose keys are exactly the features and whose
+    values are ints for int features, numbers for float features, known category strings, or null where the
+    feature is nullable are written straight into the matrix, with the same conversions (float64 -> float32,
+    category -> its code, null -> NaN) as the column path. Anything else returns None, and the column path gives
+    the same matrix or its typed error (tests/test_encoding.py checks both paths agree).
+    """
+    features = spec.features
+    n = len(features)
+    matrix = np.empty((len(records), n), dtype=np.float32)
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or len(rec) != n:
+            return None
+        for j, f in enumerate(features):
+            v = rec.get(f.name, _MISSING)
+            kind = type(v)
+            if v is None or (kind is float and v != v):
+                if not f.nullable:
+                    return None
+                matrix[i, j] = math.nan
+            elif f.type == "category":
+                code = _category_codes(f).get(v) if kind is str else None
+                if code is None:
+                    return None
+                matrix[i, j] = code
+            elif (kind is int and -_EXACT < v < _EXACT) or (kind is float and f.type == "float" and not math.isinf(v)):
+                matrix[i, j] = float(v)
+            else:  # a missing key, a bool, a string, 1.5 for an int, ...
+                return None
+    return matrix
+
+
 def _category_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     n_cat = len(feature.categories)
     if values.dtype.kind in "iu" or (values.dtype.kind == "f"):
@@ -111,13 +158,14 @@ def _category_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, 
         bad = np.isinf(codes) | (finite & ((codes < 0) | (codes >= n_cat)
                                            | (codes != np.floor(np.where(finite, codes, 0)))))
         return codes, bad, f"feature '{feature.name}' expects one of {list(feature.categories)}"
-    # Strings (the usual case): vectorised through pandas' categorical coder; -1 marks unknown or null.
-    try:
-        codes_int = pd.Categorical(values, categories=list(feature.categories)).codes
-    except TypeError:  # an unhashable value (a list or an object from JSON): code it as unknown, checked below
-        hashable = np.array([v if isinstance(v, (str, int, float, type(None))) else "\x00" for v in values],
-                            dtype=object)
-        codes_int = pd.Categorical(hashable, categories=list(feature.categories)).codes
+    if len(values) <= 64:
+        # Few rows (online requests): a dict lookup per value beats building a pandas Categorical (~0.3 ms).
+        codes_map = _category_codes(feature)
+        codes_int = np.fromiter((codes_map.get(v, -1) if isinstance(v, str) else -1 for v in values),
+                                dtype=np.int64, count=len(values))
+    else:
+        # Strings (the usual case): vectorised through pandas' categorical coder; -1 marks unknown or null.
+        codes_int = _categorical_codes(feature, values)
     codes = codes_int.astype(np.float64)
     null = pd.isna(values)
     unknown = (codes_int == -1) & ~null
@@ -130,6 +178,16 @@ def _category_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, 
                 codes[i] = float(v)
                 unknown[i] = False
     return codes, unknown, f"feature '{feature.name}' expects one of {list(feature.categories)}"
+
+
+def _categorical_codes(feature: Feature, values: np.ndarray) -> np.ndarray:
+    try:
+        codes_int = pd.Categorical(values, categories=list(feature.categories)).codes
+    except TypeError:  # an unhashable value (a list or an object from JSON): code it as unknown, checked below
+        hashable = np.array([v if isinstance(v, (str, int, float, type(None))) else "\x00" for v in values],
+                            dtype=object)
+        codes_int = pd.Categorical(hashable, categories=list(feature.categories)).codes
+    return np.asarray(codes_int, dtype=np.int64)
 
 
 def _error_for(feature: Feature, row: int, value: Any, reason: str, null: bool) -> InputError:
@@ -225,5 +283,9 @@ def encode(spec: ModelSpec, data: Any, *, reject: bool = False, allow_extra: boo
     elif isinstance(data, Mapping):
         columns = data
     else:
+        if isinstance(data, list) and data and not allow_extra:
+            matrix = _plain_records_matrix(spec, data)
+            if matrix is not None:
+                return Encoded(matrix, np.ones(len(matrix), dtype=bool), [])
         columns = records_to_columns(data)
     return encode_columns(spec, columns, reject=reject, allow_extra=allow_extra)

@@ -17,7 +17,7 @@ from scoring.encoding import Encoded, encode
 from scoring.registry import CHAMPION, load_booster, resolve_version
 from scoring.spec import ModelSpec
 
-CLASS_THRESHOLD = 0.5  # what XGBClassifier.predict (and so MLflow's pyfunc) uses for binary labels
+CLASS_THRESHOLD = 0.5  # XGBClassifier.predict (and so MLflow's pyfunc) labels 1 when score > 0.5
 
 
 class ModelMismatchError(RuntimeError):
@@ -76,7 +76,7 @@ class Scorer:
         else:
             scores = self.booster.inplace_predict(matrix, validate_features=False)
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-        labels = (scores >= CLASS_THRESHOLD).astype(np.int8) if self.spec.is_classifier else None
+        labels = (scores > CLASS_THRESHOLD).astype(np.int8) if self.spec.is_classifier else None
         return Predictions(scores=scores, labels=labels)
 
     def score(self, data: Any) -> Predictions:

@@ -274,7 +274,7 @@ def metric_value(spec: ModelSpec, y_true: np.ndarray, scores: np.ndarray) -> flo
     if spec.metric == "log_loss":
         return float(log_loss(y_true, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))
     if spec.metric == "accuracy":
-        return float(accuracy_score(y_true, scores >= 0.5))
+        return float(accuracy_score(y_true, scores > 0.5))
     if spec.metric == "rmse":
         return float(root_mean_squared_error(y_true, scores))
     return float(mean_absolute_error(y_true, scores))

@@ -17,7 +17,6 @@ from serving import jobs
 from serving.blueprints import health, meta, mlflow_protocol, oip, v1
 from serving.config import Settings
 from serving.errors import register_error_handlers
-from serving.fast_encode import category_maps
 from serving.lookup import PredictionStore
 from serving.metrics import MODEL_VERSION, REFUSED, RELOADS
 from serving.middleware import register_middleware
@@ -47,8 +46,7 @@ def create_app(model: str | None = None, *, settings: Settings | None = None, st
     store = PredictionStore(spec, settings.database_url or database_url(), min_size=settings.db_pool_min,
                             max_size=settings.db_pool_max, timeout_s=settings.db_timeout_s,
                             latest_ttl_s=settings.latest_ttl_s)
-    app.extensions[EXTENSION_KEY] = ServingState(spec=spec, settings=settings, holder=holder, store=store,
-                                                 category_maps=category_maps(spec))
+    app.extensions[EXTENSION_KEY] = ServingState(spec=spec, settings=settings, holder=holder, store=store)
     # The MLflow protocol parses against the logged signature's inputs (the encoded frame).
     app.config["MLFLOW_INPUT_SCHEMA"] = mlflow_protocol.input_schema(spec)
 

@@ -23,11 +23,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from scoring import queue
 from scoring.db import database_url
-from scoring.encoding import encode_columns
+from scoring.encoding import encode
 from serving.blueprints.meta import DOCS
 from serving.blueprints.v1 import check_model
 from serving.errors import ApiError
-from serving.fast_encode import records_to_fast_columns
 from serving.middleware import require_token
 from serving.requests_json import json_body
 from serving.state import state
@@ -122,9 +121,9 @@ def submit_job(model: str) -> Response:
     if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
         raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters")
     records = _records()
-    # The live predict rules (same encoder, same fast path): an InputError here is the same 4xx, nothing is queued.
+    # The live predict rules (the same encoder): an InputError here is the same 4xx, nothing is queued.
     features, _ = queue.split_entity_key(records, st.spec.source.entity_key)
-    encode_columns(st.spec, records_to_fast_columns(features, st.category_maps))
+    encode(st.spec, features)
     try:
         with _pool().connection() as conn:
             job, created = queue.submit(conn, model, records, idempotency_key=key)

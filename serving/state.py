@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
@@ -23,7 +23,6 @@ class ServingState:
     settings: Settings
     holder: ModelHolder
     store: PredictionStore | None = None
-    category_maps: dict[str, Any] = field(default_factory=dict)  # see serving/fast_encode.py
 
     def __post_init__(self) -> None:
         from serving.metrics import ROWS

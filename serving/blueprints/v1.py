@@ -10,7 +10,6 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from serving.errors import ApiError
-from serving.fast_encode import encode_records
 from serving.lookup import Precomputed, StoreUnavailable
 from serving.metrics import ROWS
 from serving.middleware import require_token
@@ -112,15 +111,14 @@ def _live_lookup(st: ServingState, eid: int) -> Response:
                        column=key)
     features_date, record = row
     scorer = loaded_scorer(st)
-    item = _live_items(scorer, [record], st.category_maps)[0]
+    item = _live_items(scorer, [record])[0]
     ROWS.labels(st.spec.name, "live").inc()
     return jsonify({"model": st.spec.name, "entity_key": key, "entity_id": eid, **item,
                     "model_version": scorer.version, "features_date": features_date.isoformat(), "source": "live"})
 
 
-def _live_items(scorer, records: list[dict[str, Any]], maps) -> list[dict[str, Any]]:
-    out = scorer.predict_matrix(encode_records(scorer.spec, records, maps))
-    return out.records()
+def _live_items(scorer, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return scorer.score(records).records()
 
 
 @bp.post("/v1/models/<model>/predict")
@@ -171,7 +169,7 @@ def predict(model: str) -> Response:
         scorer = None
         if miss_rows:
             scorer = loaded_scorer(st)
-            live = _live_items(scorer, [features[i] for i in miss_rows], st.category_maps)
+            live = _live_items(scorer, [features[i] for i in miss_rows])
             for i, item in zip(miss_rows, live, strict=True):
                 results[i] = {**item, "source": "live", "model_version": scorer.version}
         ROWS.labels(st.spec.name, "precomputed").inc(len(records) - len(miss_rows))
@@ -180,7 +178,7 @@ def predict(model: str) -> Response:
         return jsonify({"model": st.spec.name, "model_version": version, "predictions": results})
 
     scorer = loaded_scorer(st)  # taken once: a swap mid-request cannot mix versions
-    items = _live_items(scorer, features, st.category_maps)
+    items = _live_items(scorer, features)
     if fallback == "precomputed" or any(e is not None for e in entity_ids):
         for item, e in zip(items, entity_ids, strict=True):
             item["source"] = "live"

@@ -1,4 +1,5 @@
-"""The serving fast path for JSON records gives exactly what the shared encoder gives: matrices and errors."""
+"""The encoder's two paths for JSON records agree: the plain-records fast path (the online hot path) and the
+column path give the same matrices, and input the fast path declines gets the column path's typed errors."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import numpy as np
 import pytest
 
 from scoring.demo_data import generate_day
-from scoring.encoding import InputError, encode, encode_columns
+from scoring.encoding import InputError, _plain_records_matrix, encode, encode_columns, records_to_columns
 from scoring.spec import load_specs
-from serving.fast_encode import category_maps, encode_records, records_to_fast_columns
 
 
 def _records(spec, n: int) -> list[dict]:
@@ -19,19 +19,24 @@ def _records(spec, n: int) -> list[dict]:
     return json.loads(frame.to_json(orient="records", double_precision=15))
 
 
+def _column_path(spec, records):
+    return encode_columns(spec, records_to_columns(records))
+
+
 @pytest.mark.parametrize("name", ["churn", "spend"])
-def test_fast_columns_equal_the_encoder(name):
+def test_fast_path_equals_column_path(name):
     spec = load_specs()[name]
-    maps = category_maps(spec)
     records = _records(spec, 300)
     assert any(v is None for r in records for v in r.values())  # nulls are covered
-    np.testing.assert_array_equal(encode_columns(spec, records_to_fast_columns(records, maps)).matrix,
-                                  encode(spec, records).matrix)
-    np.testing.assert_array_equal(encode_records(spec, records, maps), encode(spec, records).matrix)
+    fast = _plain_records_matrix(spec, records)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, _column_path(spec, records).matrix)
+    # large inputs code categories through pandas, small ones through a dict: the same codes
+    np.testing.assert_array_equal(encode(spec, {k: list(v) for k, v in records_to_columns(records).items()}).matrix,
+                                  fast)
     for rec in records[:50]:
-        np.testing.assert_array_equal(encode_columns(spec, records_to_fast_columns([rec], maps)).matrix,
-                                      encode(spec, [rec]).matrix)
-        np.testing.assert_array_equal(encode_records(spec, [rec], maps), encode(spec, [rec]).matrix)
+        np.testing.assert_array_equal(_plain_records_matrix(spec, [rec]), _column_path(spec, [rec]).matrix)
+        np.testing.assert_array_equal(encode(spec, [rec]).matrix, _column_path(spec, [rec]).matrix)
 
 
 @pytest.mark.parametrize("change", [
@@ -41,9 +46,8 @@ def test_fast_columns_equal_the_encoder(name):
     {"region": ""}, {"extra": 1}, {"monthly_charges": float("nan")}, {"data_usage_gb": float("nan")},
     {"monthly_charges": float("inf")}, {"tenure_months": 2**60}, {"monthly_charges": 7}, {"region": "north"},
 ])
-def test_fast_columns_same_errors_as_the_encoder(change):
+def test_encode_gives_the_column_paths_result_or_error(change):
     spec = load_specs()["churn"]
-    maps = category_maps(spec)
     rec = {**_records(spec, 1)[0], **change}
     records = [_records(spec, 2)[1], rec]
 
@@ -53,7 +57,4 @@ def test_fast_columns_same_errors_as_the_encoder(change):
         except InputError as exc:
             return (type(exc).__name__, str(exc), exc.column, exc.row)
 
-    want = outcome(lambda: encode(spec, records))
-    assert outcome(lambda: encode_columns(spec, records_to_fast_columns(records, maps))) == want
-    direct = outcome(lambda: type("E", (), {"matrix": encode_records(spec, records, maps)})())
-    assert direct == want
+    assert outcome(lambda: encode(spec, records)) == outcome(lambda: _column_path(spec, records))
