@@ -146,12 +146,8 @@ def start_stack(root: Path, days: int, customers: int) -> tuple[PgCluster, subpr
 
 def ensure_model_and_predictions(spec, day: dt.date | None) -> tuple[str, dt.date, int]:
     """The champion (trained if missing) and precomputed predictions for the latest feature day."""
-    from psycopg import sql
-
     from scoring.db import connect
     from scoring.registry import RegistryError, resolve_version
-    from scoring.scorer import Scorer
-    from scoring.store import ensure_day_partition
 
     with connect() as conn:
         latest = conn.execute("SELECT max(snapshot_date) FROM features.customer_daily").fetchone()[0]
@@ -174,32 +170,10 @@ def ensure_model_and_predictions(spec, day: dt.date | None) -> tuple[str, dt.dat
                              (day,)).fetchone()[0]
         if done:
             return version, day, n_ids
-        # Precomputed predictions the way the nightly batch writes them (scoring.batch, when present, is used
-        # by `make demo`; this keeps the benchmark self-contained).
-        import pandas as pd
+        # Precomputed predictions written by the nightly batch's own path (scoring.batch).
+        from scoring.batch import run_batch
 
-        key = spec.source.entity_key
-        cols = sql.SQL(", ").join(map(sql.Identifier, [key, *spec.feature_names]))
-        rows = conn.execute(sql.SQL("SELECT {} FROM features.customer_daily WHERE snapshot_date = %s")
-                            .format(cols), (day,)).fetchall()
-        frame = pd.DataFrame(rows, columns=[key, *spec.feature_names])
-        scorer = Scorer.from_registry(spec, version)
-        out = scorer.score(frame[spec.feature_names])
-        run_id = f"bench_{uuid.uuid4().hex[:8]}"
-        now = dt.datetime.now(dt.UTC)
-        with conn.transaction():
-            part = ensure_day_partition(conn, spec.prediction_table, day)
-            conn.execute(sql.SQL("DELETE FROM {}").format(part))
-            with conn.cursor().copy(sql.SQL(
-                    "COPY {} (prediction_date, {}, score, label, model_name, model_version, run_id, scored_at) "
-                    "FROM STDIN").format(part, sql.Identifier(key))) as copy:
-                labels = out.labels if out.labels is not None else [None] * len(out)
-                for eid, score, label in zip(frame[key], out.scores, labels, strict=True):
-                    copy.write_row((day, int(eid), float(score), None if label is None else int(label), spec.name,
-                                    int(version), run_id, now))
-            conn.execute("INSERT INTO ops.batch_runs (model_name, model_version, prediction_date, run_id, status, "
-                         "rows_scored, finished_at) VALUES (%s, %s, %s, %s, 'success', %s, now())",
-                         (spec.name, int(version), day, run_id, len(frame)))
+        run_batch(spec, day, f"bench_{uuid.uuid4().hex[:8]}", version=version)
         conn.execute("ANALYZE " + spec.prediction_table)
         conn.commit()
     return version, day, n_ids

@@ -20,9 +20,9 @@ import pytest
 import requests
 from psycopg import sql
 
+from scoring.batch import run_batch
 from scoring.db import connect
 from scoring.encoding import encode
-from scoring.scorer import Scorer
 from scoring.store import ensure_day_partition
 from serving.run import start_gunicorn
 from stack.pg import free_port
@@ -35,35 +35,10 @@ MAX_ROWS = 50
 MAX_BODY = 64 * 1024
 
 
-def write_batch_predictions(spec, day: dt.date, db_url: str, *, status: str = "success",
-                            limit: int | None = None) -> str:
-    """What the nightly batch does, in miniature: score the day's features with the champion through the
-    shared scorer, write the day's partition and record the run. Returns the run id."""
-    scorer = Scorer.from_registry(spec, "champion")
-    key = spec.source.entity_key
-    cols = sql.SQL(", ").join(map(sql.Identifier, [key, *spec.feature_names]))
-    with connect(db_url) as conn:
-        rows = conn.execute(sql.SQL("SELECT {} FROM features.customer_daily WHERE snapshot_date = %s ORDER BY 1")
-                            .format(cols), (day,)).fetchall()
-        frame = pd.DataFrame(rows, columns=[key, *spec.feature_names])
-        if limit is not None:
-            frame = frame.head(limit)
-        out = scorer.score(frame[spec.feature_names])
-        run_id = f"test_{uuid.uuid4().hex[:8]}"
-        with conn.transaction():
-            part = ensure_day_partition(conn, spec.prediction_table, day)
-            conn.execute(sql.SQL("DELETE FROM {}").format(part))
-            with conn.cursor().copy(sql.SQL(
-                    "COPY {} (prediction_date, {}, score, label, model_name, model_version, run_id, scored_at) "
-                    "FROM STDIN").format(part, sql.Identifier(key))) as copy:
-                now = dt.datetime.now(dt.UTC)
-                labels = out.labels if out.labels is not None else [None] * len(out)
-                for eid, score, label in zip(frame[key], out.scores, labels, strict=True):
-                    copy.write_row((day, int(eid), float(score), None if label is None else int(label), spec.name,
-                                    int(scorer.version), run_id, now))
-            conn.execute("INSERT INTO ops.batch_runs (model_name, model_version, prediction_date, run_id, status, "
-                         "rows_scored, finished_at) VALUES (%s, %s, %s, %s, %s, %s, now())",
-                         (spec.name, int(scorer.version), day, run_id, status, len(frame)))
+def write_batch_predictions(spec, day: dt.date, db_url: str) -> str:
+    """The nightly batch's own path (scoring.batch, as the predict DAG runs it) for the day; returns the run id."""
+    run_id = f"test_{uuid.uuid4().hex[:8]}"
+    run_batch(spec, day, run_id, url=db_url)
     return run_id
 
 
