@@ -18,10 +18,9 @@ from serving.blueprints import health, meta, mlflow_protocol, oip, v1
 from serving.config import Settings
 from serving.errors import register_error_handlers
 from serving.lookup import PredictionStore
-from serving.metrics import MODEL_VERSION, REFUSED, RELOADS
+from serving.metrics import MODEL_VERSION, REFUSED, RELOADS, version_number
 from serving.middleware import register_middleware
 from serving.model_holder import ModelHolder
-from serving.scorer_types import version_number
 from serving.state import EXTENSION_KEY, ServingState
 
 log = logging.getLogger(__name__)

@@ -41,3 +41,11 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def version_number(version: str | None) -> float:
+    """A registry version as a number for the MODEL_VERSION gauge (0 when none or not numeric)."""
+    try:
+        return float(version) if version is not None else 0.0
+    except ValueError:
+        return 0.0
