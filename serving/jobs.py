@@ -13,8 +13,10 @@ needs only the spec, so submits are accepted even while no model version is load
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -139,17 +141,26 @@ def submit_job(model: str) -> Response:
     return _job_response(job, 200, Location=location, **{"Idempotent-Replayed": "true"})
 
 
+@contextlib.contextmanager
+def _job_connection() -> Iterator[psycopg.Connection]:
+    """A pooled connection for one job operation, with the queue's errors mapped to their HTTP answers."""
+    try:
+        with _pool().connection() as conn:
+            yield conn
+    except queue.JobNotFound as exc:
+        raise ApiError(404, "job_not_found", str(exc)) from exc
+    except queue.JobStateError as exc:
+        raise ApiError(409, "job_not_cancellable", str(exc)) from exc
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise _db_unavailable(exc) from exc
+
+
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     require_token(state().settings.api_token)
     jid = _job_id(job_id)
-    try:
-        with _pool().connection() as conn:
-            job = queue.get(conn, jid)
-    except queue.JobNotFound as exc:
-        raise ApiError(404, "job_not_found", str(exc)) from exc
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        raise _db_unavailable(exc) from exc
+    with _job_connection() as conn:
+        job = queue.get(conn, jid)
     return _job_response(job, 200)
 
 
@@ -157,13 +168,6 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     require_token(state().settings.api_token)
     jid = _job_id(job_id)
-    try:
-        with _pool().connection() as conn:
-            job = queue.cancel(conn, jid)
-    except queue.JobNotFound as exc:
-        raise ApiError(404, "job_not_found", str(exc)) from exc
-    except queue.JobStateError as exc:
-        raise ApiError(409, "job_not_cancellable", str(exc)) from exc
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        raise _db_unavailable(exc) from exc
+    with _job_connection() as conn:
+        job = queue.cancel(conn, jid)
     return _job_response(job, 200)

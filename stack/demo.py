@@ -131,17 +131,12 @@ def show_results(cfg: StackConfig, models: list[str], tables: dict[str, str], da
 
 
 def _post_json(url: str, body: dict[str, Any]) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
+    return _get(urllib.request.Request(url, data=json.dumps(body).encode(),
+                                       headers={"Content-Type": "application/json"}))
 
 
-def _get(url: str) -> tuple[int, str]:
+def _get(url: str | urllib.request.Request) -> tuple[int, str]:
+    """(status, body) of a request; status 0 when the server cannot be reached."""
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
             return resp.status, resp.read().decode()
