@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
+from scoring.dense_predict import DensePredictor
 from scoring.encoding import Encoded, encode
 from scoring.registry import CHAMPION, load_booster, resolve_version
 from scoring.spec import ModelSpec
@@ -48,6 +49,10 @@ class Scorer:
     booster: xgb.Booster
     version: str
     loaded_at: float = field(default_factory=time.time)
+    _predictor: DensePredictor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._predictor = DensePredictor(self.booster)
 
     @classmethod
     def from_registry(cls, spec: ModelSpec, ref: str | int = CHAMPION, *, threads: int | None = None) -> Scorer:
@@ -71,11 +76,7 @@ class Scorer:
 
     def predict_matrix(self, matrix: np.ndarray) -> Predictions:
         """Score an already-encoded float32 matrix (spec feature order)."""
-        if len(matrix) == 0:
-            scores = np.empty(0, dtype=np.float32)
-        else:
-            scores = self.booster.inplace_predict(matrix, validate_features=False)
-        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        scores = self._predictor.predict(matrix)
         labels = (scores > CLASS_THRESHOLD).astype(np.int8) if self.spec.is_classifier else None
         return Predictions(scores=scores, labels=labels)
 
