@@ -46,13 +46,6 @@ def _store(st: ServingState):
     return st.store
 
 
-def _precomputed_body(st: ServingState, p: Precomputed) -> dict[str, Any]:
-    return {"model": st.spec.name, "entity_key": st.spec.source.entity_key, "entity_id": p.entity_id,
-            "prediction_date": p.prediction_date.isoformat(), "score": p.score, "label": p.label,
-            "model_version": str(p.model_version), "run_id": p.run_id, "scored_at": p.scored_at.isoformat(),
-            "source": "precomputed"}
-
-
 def _serving_date(store, day_param: str | None) -> dt.date:
     if day_param is not None:
         try:
@@ -84,7 +77,7 @@ def lookup(model: str, entity_id: str) -> Response:
     store = _store(st)
     try:
         day = _serving_date(store, request.args.get("date"))
-        found = store.get(eid, day)
+        found = store.document(eid, day)
     except StoreUnavailable as exc:
         raise ApiError(503, "database_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
     except ApiError as exc:
@@ -97,7 +90,7 @@ def lookup(model: str, entity_id: str) -> Response:
         raise ApiError(404, "entity_not_found", f"no precomputed prediction for {key}={eid} on {day.isoformat()}",
                        column=key)
     st.rows_precomputed.inc()
-    return json_response(_precomputed_body(st, found))
+    return Response(found, mimetype="application/json")
 
 
 def _live_lookup(st: ServingState, eid: int) -> Response:
