@@ -1,11 +1,13 @@
 """Online serving benchmark (`make bench-online`): wrk on loopback, 32 connections, one row per request.
 
 Side by side, in one run, under the same gunicorn settings (serving/gunicorn.conf.py, SERVING_* env):
-  ceiling     bare Flask "hello" (serving/hello.py)
+  ceiling     bare Flask "hello" (serving/reference_apps.py)
   mlflow      `mlflow models serve --workers 2 --env-manager local` on the same registered version (the peer)
   live        POST /v1/models/churn/predict            (the platform's live predict, shared scorer)
   invocations POST /invocations                         (MLflow protocol on the platform)
   lookup      GET  /v1/models/churn/predictions/<id>    (precomputed batch predictions, PostgreSQL PK lookup)
+  floor-flask the shared scorer behind the thinnest Flask route      (reference: the most a Flask live predict
+  floor-wsgi  the same as a plain WSGI callable, no Flask              and any live predict under gunicorn can do)
 
 By default it starts its own PostgreSQL, MLflow server and trained model under a temp dir and removes them after;
 pass --database-url and --tracking-uri to use running services (the model must have a champion and the latest
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         # targets under similar noise instead of whatever happened to run during a busy moment.
         targets: list[tuple[str, str, str]] = []  # (name, url, lua script)
         port = free_port()
-        procs.append(gunicorn("serving.hello:create_app()", port, root, env))
+        procs.append(gunicorn("serving.reference_apps:hello()", port, root, env))
         check_ok("GET", f"http://127.0.0.1:{port}/hello")
         targets.append(("ceiling", f"http://127.0.0.1:{port}/hello", 'wrk.method = "GET"\n' + _DONE))
 
@@ -281,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         targets += [("live", base, lua_post(predict, live_bodies)),
                     ("invocations", base, lua_post("/invocations", inv_bodies)),
                     ("lookup", base, lua_get(prefix, n_ids))]
+        for name, factory in (("floor-flask", "floor_flask()"), ("floor-wsgi", "floor_wsgi()")):
+            port = free_port()
+            procs.append(gunicorn(f"serving.reference_apps:{factory}", port, root, env))
+            check_ok("POST", f"http://127.0.0.1:{port}/predict", live_bodies[0])
+            targets.append((name, f"http://127.0.0.1:{port}", lua_post("/predict", live_bodies)))
 
         if mlflow_proc is not None:
             # Every target has its model in memory now; the registry is on no request path. Our own tracking
@@ -315,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(target >= 0.50), invocations/mlflow={results['invocations'].rps / peer_rps:.1f}x, "
               f"live/ceiling={live.rps / ceiling.rps:.2f}; p99 live={live.p99_ms:.1f} ms lookup={lookup.p99_ms:.1f} "
               f"ms (target <= 30 ms); errors={errors} (target 0)")
+        floors = [f"{name}/mlflow={results[name].rps / peer_rps:.1f}x" for name in ("floor-flask", "floor-wsgi")
+                  if name in results]
+        if floors:
+            print(f"reference (the scorer behind the thinnest route, same gunicorn): {', '.join(floors)}; "
+                  f"live/floor-flask={live.rps / results['floor-flask'].rps:.2f}")
         print(f"online live_rps={live.rps:.0f} vs_mlflow={vs_mlflow:.1f}x lookup_rps={lookup.rps:.0f} "
               f"lookup_vs_ceiling={lookup_ratio:.2f} p99_ms={p99:.1f} errors={errors}")
         return 0
