@@ -312,9 +312,13 @@ def test_invocations_payload_forms_and_errors_match_mlflow_serve(served, mlflow_
     spec = served["spec"]
     frame = _encoded_frame(spec, features_of(spec, served["day"], db_url, 5))
     rec = records_of(frame)
+    plain = records_of(frame.fillna(0))  # every value a number: /invocations' direct path
     payloads = {
         "split": ("application/json", json.dumps({"dataframe_split": {
             "columns": list(frame.columns), "data": [list(r.values()) for r in rec]}})),
+        "split, numbers only": ("application/json", json.dumps({"dataframe_split": {
+            "columns": list(frame.columns), "data": [list(r.values()) for r in plain]}})),
+        "records, numbers only": ("application/json", json.dumps({"dataframe_records": plain})),
         "records": ("application/json", json.dumps({"dataframe_records": rec})),
         "instances": ("application/json", json.dumps({"instances": rec})),
         "inputs": ("application/json", json.dumps({"inputs": {c: [r[c] for r in rec] for c in frame.columns}})),

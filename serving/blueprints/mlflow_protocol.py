@@ -1,7 +1,11 @@
 """MLflow's scoring protocol, as `mlflow models serve` speaks it: /invocations, /ping, /health, /version.
 
 Parsing and schema enforcement are MLflow's own functions (so every accepted payload form, and every error
-status, is what `mlflow models serve` gives); the matrix is then scored by the shared scorer. The registered
+status, is what `mlflow models serve` gives); the matrix is then scored by the shared scorer. The one exception
+is the payload MLflow's own client sends: a JSON `dataframe_split` (or `dataframe_records`) naming exactly the
+signature's columns, every value a finite number. For it MLflow's parsing can only produce a float64 frame of
+those numbers, so the matrix is built directly (~1 ms less per request; tests/test_mlflow_fast_path.py checks
+it equals MLflow's path); any other payload goes through MLflow's functions. The registered
 model takes the *encoded* numeric frame (category features as integer codes) and, as an XGBoost classifier's
 pyfunc, answers class labels; a regressor answers values. Errors use MLflow's shape
 `{"error_code": ..., "message": ...}`.
@@ -10,9 +14,11 @@ pyfunc, answers class labels; a regressor answers values. Errors use MLflow's sh
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
-from flask import Blueprint, Response, current_app, json, request
+import numpy as np
+from flask import Blueprint, Response, current_app, request
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import _validate_prediction_input
 from mlflow.pyfunc.scoring_server import (
@@ -130,16 +136,54 @@ def invocations() -> Response:
     if mime not in (CONTENT_TYPE_JSON, CONTENT_TYPE_CSV):
         raise _proto_error(415, f"This predictor only supports the following content types: Types: "
                             f"{[CONTENT_TYPE_CSV, CONTENT_TYPE_JSON]}. Got '{request.headers.get('Content-Type')}'.")
-    data = _parse(mime, request.get_data(cache=False))
-    schema = current_app.config["MLFLOW_INPUT_SCHEMA"]
-    try:
-        frame, _ = _validate_prediction_input(data, None, schema, None, "mlflow.xgboost")
-    except MlflowException as exc:
-        exc.message = f"Failed to predict data '{data}'. \nError: {exc.message}"
-        raise
-    check_rows(len(frame), st.settings.max_rows)
+    raw = request.get_data(cache=False)
+    inputs = plain_numeric_matrix(raw, st.spec.feature_names) if mime == CONTENT_TYPE_JSON else None
+    if inputs is None:
+        data = _parse(mime, raw)
+        schema = current_app.config["MLFLOW_INPUT_SCHEMA"]
+        try:
+            inputs, _ = _validate_prediction_input(data, None, schema, None, "mlflow.xgboost")
+        except MlflowException as exc:
+            exc.message = f"Failed to predict data '{data}'. \nError: {exc.message}"
+            raise
+    check_rows(len(inputs), st.settings.max_rows)
     scorer = loaded_scorer(st)
     # MLflow ignores columns the signature does not name; so do we here (not on the platform's own API).
-    values = scorer.predict_matrix(scorer.encode(frame, allow_extra=True).matrix).values()
+    values = scorer.predict_matrix(scorer.encode(inputs, allow_extra=True).matrix).values()
     ROWS.labels(st.spec.name, "live").inc(len(values))
     return Response(json.dumps({"predictions": values.tolist()}), status=200, mimetype="application/json")
+
+
+def plain_numeric_matrix(raw: bytes, names: list[str]) -> np.ndarray | None:
+    """The float64 matrix MLflow would parse `raw` into, when it is a JSON `dataframe_split` with exactly
+    `names` as columns (or `dataframe_records` with exactly those keys), every value a finite int or float;
+    None for anything else (which then goes through MLflow's own parsing, errors included)."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or len(doc) != 1:
+        return None
+    if "dataframe_split" in doc:
+        split = doc["dataframe_split"]
+        if not isinstance(split, dict) or split.keys() != {"columns", "data"} or split["columns"] != names:
+            return None
+        rows = split["data"]
+    elif "dataframe_records" in doc:
+        records = doc["dataframe_records"]
+        if not isinstance(records, list) or not all(isinstance(r, dict) and r.keys() == set(names)
+                                                    for r in records):
+            return None
+        rows = [[r[n] for n in names] for r in records]
+    else:
+        return None
+    width = len(names)
+    if not isinstance(rows, list) or not rows or not all(
+            isinstance(row, list) and len(row) == width and all(type(v) is float or type(v) is int for v in row)
+            for row in rows):
+        return None  # bool is not int here: `type(True) is int` is False
+    try:
+        matrix = np.array(rows, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        return None
+    return matrix if bool(np.isfinite(matrix).all()) else None
