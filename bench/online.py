@@ -192,6 +192,22 @@ def sample_records(spec, day: dt.date, n: int) -> list[dict]:
     return [dict(zip(spec.feature_names, r, strict=True)) for r in rows]
 
 
+def wait_workers_loaded(base: str, workers: int, version: str, timeout: float = 120) -> None:
+    """Until every gunicorn worker has the version loaded (one serving_model_version sample per worker): the
+    registry is stopped before the runs, and a worker still loading then would serve 503s."""
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+            lines = [ln for ln in resp.read().decode().splitlines() if ln.startswith("serving_model_version{")]
+        if sum(ln.endswith(f" {float(version)}") for ln in lines) >= workers:
+            return
+        if time.time() > deadline:
+            raise RuntimeError(f"only {len(lines)} of {workers} workers loaded version {version}: {lines}")
+        time.sleep(0.5)
+
+
 def gunicorn(app: str, port: int, logdir: Path, env: dict[str, str]) -> subprocess.Popen:
     from serving.run import start_gunicorn
 
@@ -274,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(app)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz", 60, app, "serving app ready")
-        time.sleep(3)  # the second worker loads its model too
+        wait_workers_loaded(base, int(os.environ.get("SERVING_WORKERS", "2")), version)
         predict = f"/v1/models/{MODEL}/predict"
         prefix = f"/v1/models/{MODEL}/predictions/"
         check_ok("POST", base + predict, live_bodies[0])
@@ -283,9 +299,14 @@ def main(argv: list[str] | None = None) -> int:
         targets += [("live", base, lua_post(predict, live_bodies)),
                     ("invocations", base, lua_post("/invocations", inv_bodies)),
                     ("lookup", base, lua_get(prefix, n_ids))]
+        from scoring.registry import load_booster
+
+        model_file = root / "reference-model.ubj"
+        load_booster(MODEL, version).save_model(model_file)
         for name, factory in (("floor-flask", "floor_flask()"), ("floor-wsgi", "floor_wsgi()")):
             port = free_port()
-            procs.append(gunicorn(f"serving.reference_apps:{factory}", port, root, env))
+            procs.append(gunicorn(f"serving.reference_apps:{factory}", port, root,
+                                  {**env, "REFERENCE_MODEL_FILE": str(model_file)}))
             check_ok("POST", f"http://127.0.0.1:{port}/predict", live_bodies[0])
             targets.append((name, f"http://127.0.0.1:{port}", lua_post("/predict", live_bodies)))
 
@@ -330,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"online live_rps={live.rps:.0f} vs_mlflow={vs_mlflow:.1f}x lookup_rps={lookup.rps:.0f} "
               f"lookup_vs_ceiling={lookup_ratio:.2f} p99_ms={p99:.1f} errors={errors}")
         return 0
+    except Exception:
+        for log in sorted(root.glob("gunicorn-*.log")):
+            print(f"--- {log.name}\n{log.read_text()[-1500:]}", file=sys.stderr)
+        raise
     finally:
         for proc in procs:
             stop_process(proc)

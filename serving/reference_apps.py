@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import xgboost as xgb
 from flask import Flask, Response, request
 
 from scoring.scorer import Scorer
@@ -41,7 +42,10 @@ def _score_body(scorer: Scorer, raw: bytes) -> bytes:
 
 
 def _champion() -> Scorer:
-    return Scorer.from_registry(load_spec(os.environ["SERVING_MODEL"]), threads=1)
+    """The version the bench saved to REFERENCE_MODEL_FILE: no registry at boot, so a worker that (re)starts
+    after the bench stopped MLflow still boots."""
+    booster = xgb.Booster(model_file=os.environ["REFERENCE_MODEL_FILE"])
+    return Scorer.from_booster(load_spec(os.environ["SERVING_MODEL"]), booster, "reference", threads=1)
 
 
 def floor_flask() -> Flask:
