@@ -157,6 +157,9 @@ def test_lookup_latest_and_by_date(served, db_url):
     assert requests.get(url + "17?date=yesterday", timeout=5).status_code == 400
     bad_id = requests.get(url + "abc", timeout=5)
     assert bad_id.status_code == 400 and "customer_id" in bad_id.json()["error"]["message"]
+    too_big = requests.get(url + str(2**63), timeout=5)
+    assert too_big.status_code == 400 and "64-bit" in too_big.json()["error"]["message"]
+    assert requests.get(url + str(-(2**63)), timeout=5).status_code == 404  # in range, no such customer
     assert requests.get(served["url"] + "/v1/models/spend2/predictions/17", timeout=5).status_code == 404
 
     # a miss with ?fallback=live is scored from the entity's latest features: the same number batch stored
@@ -186,6 +189,39 @@ def test_lookup_never_serves_a_half_loaded_day(served, db_url, specs):
             conn.execute("DELETE FROM ops.batch_runs WHERE run_id = 'half'")
             conn.execute(sql.SQL("DROP TABLE {}").format(part))
             conn.commit()
+
+
+def test_lookups_through_a_nightly_rerun_swap(served, db_url):
+    """Re-running the day swaps its partition (detach + attach) under the prepared lookup statements: every
+    lookup meanwhile answers 200 with either the old run or the new one, and the new one afterwards."""
+    import threading
+
+    url = served["url"] + f"/v1/models/{MODEL}/predictions/"
+    before = requests.get(url + "17", timeout=5).json()["run_id"]
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with requests.Session() as http:
+            while not stop.is_set():
+                for entity in (17, 18, 19):
+                    resp = http.get(url + str(entity), timeout=10)
+                    seen.append((resp.status_code, resp.json().get("run_id")))
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        after = write_batch_predictions(served["spec"], served["day"], db_url)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert seen and all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:5]
+    assert {run for _, run in seen} <= {before, after}
+    assert requests.get(url + "17", timeout=5).json()["run_id"] == after
 
 
 # ---------------------------------------------------------------- live predictions

@@ -24,6 +24,7 @@ def json_response(body: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 FALLBACKS = ("live", "precomputed")
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 def check_model(st: ServingState, model: str) -> None:
@@ -71,6 +72,8 @@ def lookup(model: str, entity_id: str) -> Response:
         eid = int(entity_id)
     except ValueError as exc:
         raise ApiError(400, "invalid_entity_id", f"{key} must be an integer, got {entity_id!r}") from exc
+    if not _BIGINT_MIN <= eid <= _BIGINT_MAX:  # the key column is bigint
+        raise ApiError(400, "invalid_entity_id", f"{key} must be a 64-bit integer, got {entity_id!r}")
     fallback = request.args.get("fallback")
     if fallback not in (None, "live"):
         raise ApiError(400, "invalid_fallback", f"fallback must be 'live' (or absent), got {fallback!r}")
