@@ -56,7 +56,8 @@ class RequestTelemetry:
         try:
             return self.wsgi_app(environ, start)
         finally:
-            rule = getattr(environ.get(_REQUEST_KEY), "url_rule", None)  # set by Flask's URL matching
+            # popped, not read: the request refers to the environ, so leaving it there would make a cycle
+            rule = getattr(environ.pop(_REQUEST_KEY, None), "url_rule", None)  # set by Flask's URL matching
             route = rule.rule if rule is not None else "unmatched"  # templates, never raw paths: bounded labels
             count, latency = self._metrics(route, environ.get("REQUEST_METHOD", ""), status)
             count.inc()
