@@ -29,7 +29,7 @@ with DAG(
 
     @task(retries=1, retry_delay=dt.timedelta(seconds=30))  # safe to retry: the day is replaced, never appended
     def write_snapshot(**context: Any) -> dict[str, Any]:
-        from serving_platform.demo_tasks import write_snapshot
+        from airflow_tasks.demo_tasks import write_snapshot
 
         return write_snapshot(context)
 

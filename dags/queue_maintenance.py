@@ -2,7 +2,7 @@
 age, and put back jobs whose worker's lease expired while no worker was running to notice.
 
 Retention age: the `retention_hours` param (default QUEUE_RETENTION_HOURS, else 168 = 7 days); a manual run may
-override it. The logic lives in scoring.queue; this file only schedules it.
+override it. The logic lives in scoring.job_queue; this file only schedules it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from scoring import queue
+from scoring import job_queue
 
 DEFAULT_RETENTION_HOURS = int(os.environ.get("QUEUE_RETENTION_HOURS", "168"))
 
@@ -30,20 +30,20 @@ with DAG(
 
     @task
     def purge_finished_jobs() -> int:
-        from serving_platform.hooks import serving_db_connection
+        from airflow_tasks.hooks import serving_db_connection
 
         hours = int(get_current_context()["params"]["retention_hours"])
         with serving_db_connection() as conn:
-            deleted = queue.purge_finished(conn, dt.timedelta(hours=hours))
+            deleted = job_queue.purge_finished(conn, dt.timedelta(hours=hours))
         print(f"deleted {deleted} finished job(s) older than {hours}h")
         return deleted
 
     @task
     def reclaim_expired_leases() -> dict[str, int]:
-        from serving_platform.hooks import serving_db_connection
+        from airflow_tasks.hooks import serving_db_connection
 
         with serving_db_connection() as conn:
-            requeued, failed = queue.reclaim_expired(conn)
+            requeued, failed = job_queue.reclaim_expired(conn)
         print(f"expired leases: {requeued} job(s) requeued, {failed} out of attempts -> failed")
         return {"requeued": requeued, "failed": failed}
 

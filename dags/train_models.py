@@ -12,8 +12,8 @@ import datetime as dt
 from typing import Any
 
 from airflow.sdk import DAG, task
-from serving_platform import training_tasks
 
+from airflow_tasks import training_tasks
 from scoring.spec import ModelSpec, load_specs
 
 START = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # runs (and backfills) need logical dates after it

@@ -23,7 +23,7 @@ import psycopg
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from scoring import queue
+from scoring import job_queue
 from scoring.db import database_url
 from scoring.encoding import encode
 from serving.blueprints.meta import DOCS
@@ -74,18 +74,18 @@ def _db_unavailable(exc: Exception) -> ApiError:
 
 def _job_id(raw: str) -> Any:
     try:
-        return queue.parse_job_id(raw)
+        return job_queue.parse_job_id(raw)
     except ValueError as exc:
         raise ApiError(400, "malformed_job_id", str(exc)) from exc
 
 
-def _body(job: queue.Job) -> dict[str, Any]:
+def _body(job: job_queue.Job) -> dict[str, Any]:
     body = job.to_dict()
     body["status_url"] = url_for("jobs.get_job", job_id=str(job.id))
     return body
 
 
-def _job_response(job: queue.Job, status: int, **headers: str) -> Response:
+def _job_response(job: job_queue.Job, status: int, **headers: str) -> Response:
     resp = jsonify(_body(job))
     resp.status_code = status
     resp.headers.update(headers)
@@ -124,12 +124,12 @@ def submit_job(model: str) -> Response:
         raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters")
     records = _records()
     # The live predict rules (the same encoder): an InputError here is the same 4xx, nothing is queued.
-    features, _ = queue.split_entity_key(records, st.spec.source.entity_key)
+    features, _ = job_queue.split_entity_key(records, st.spec.source.entity_key)
     encode(st.spec, features)
     try:
         with _pool().connection() as conn:
-            job, created = queue.submit(conn, model, records, idempotency_key=key)
-    except queue.IdempotencyConflict as exc:
+            job, created = job_queue.submit(conn, model, records, idempotency_key=key)
+    except job_queue.IdempotencyConflict as exc:
         raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
     except ValueError as exc:  # a value the encoder accepts but JSON storage cannot hold (e.g. Infinity)
         raise ApiError(422, "invalid_input", str(exc)) from exc
@@ -147,9 +147,9 @@ def _job_connection() -> Iterator[psycopg.Connection]:
     try:
         with _pool().connection() as conn:
             yield conn
-    except queue.JobNotFound as exc:
+    except job_queue.JobNotFound as exc:
         raise ApiError(404, "job_not_found", str(exc)) from exc
-    except queue.JobStateError as exc:
+    except job_queue.JobStateError as exc:
         raise ApiError(409, "job_not_cancellable", str(exc)) from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise _db_unavailable(exc) from exc
@@ -160,7 +160,7 @@ def get_job(job_id: str) -> Response:
     require_token(state().settings.api_token)
     jid = _job_id(job_id)
     with _job_connection() as conn:
-        job = queue.get(conn, jid)
+        job = job_queue.get(conn, jid)
     return _job_response(job, 200)
 
 
@@ -169,5 +169,5 @@ def cancel_job(job_id: str) -> Response:
     require_token(state().settings.api_token)
     jid = _job_id(job_id)
     with _job_connection() as conn:
-        job = queue.cancel(conn, jid)
+        job = job_queue.cancel(conn, jid)
     return _job_response(job, 200)

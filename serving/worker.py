@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from scoring import queue
+from scoring import job_queue
 from scoring.db import database_url
 from scoring.scorer import Predictions, Scorer
 from scoring.spec import load_spec
@@ -106,10 +106,10 @@ class Worker:
         self.stopping = threading.Event()
         self._conn: psycopg.Connection | None = None
         self._listen: psycopg.Connection | None = None
-        self._pending: tuple[str, list[queue.Outcome]] | None = None  # scored, not yet written
+        self._pending: tuple[str, list[job_queue.Outcome]] | None = None  # scored, not yet written
         self._last_reclaim = 0.0
         self._announced: str | None = None
-        self.totals = queue.WriteSummary()
+        self.totals = job_queue.WriteSummary()
 
     # --- connections -----------------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -118,7 +118,7 @@ class Worker:
                                          application_name=f"worker-{self.model}")
         if self._listen is None or self._listen.closed:
             self._listen = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-            self._listen.execute(f'LISTEN "{queue.channel(self.model)}"')
+            self._listen.execute(f'LISTEN "{job_queue.channel(self.model)}"')
 
     def _disconnect(self) -> None:
         for conn in (self._conn, self._listen):
@@ -147,7 +147,7 @@ class Worker:
         if self._pending is None:
             return
         version, outcomes = self._pending
-        summary = queue.write_outcomes(self._conn, self.worker_id, version, outcomes,
+        summary = job_queue.write_outcomes(self._conn, self.worker_id, version, outcomes,
                                        retry_backoff_s=self.settings.retry_backoff_s)
         self._pending = None
         for key in ("done", "retried", "failed", "fenced"):
@@ -166,7 +166,7 @@ class Worker:
         self._flush()
         now = time.monotonic()
         if now - self._last_reclaim >= min(self.settings.lease_s / 2, 5.0):
-            requeued, failed = queue.reclaim_expired(self._conn, self.model)
+            requeued, failed = job_queue.reclaim_expired(self._conn, self.model)
             self._last_reclaim = now
             if requeued or failed:
                 log.warning("reclaimed %d job(s) with expired leases (%d out of attempts -> failed)",
@@ -177,11 +177,11 @@ class Worker:
         if self._announced != scorer.version:
             log.info("worker %s ready: model %s version %s", self.worker_id, self.model, scorer.version)
             self._announced = scorer.version
-        jobs = queue.claim(self._conn, self.model, self.worker_id, self.settings.batch_size, self.settings.lease_s)
+        jobs = job_queue.claim(self._conn, self.model, self.worker_id, self.settings.batch_size, self.settings.lease_s)
         if not jobs:
             return False
-        for batch in queue.plan_batches(jobs, self.settings.max_batch_records):
-            outcomes = queue.score_jobs(self._scorer(scorer), batch, entity_key=self.holder.spec.source.entity_key)
+        for batch in job_queue.plan_batches(jobs, self.settings.max_batch_records):
+            outcomes = job_queue.score_jobs(self._scorer(scorer), batch, entity_key=self.holder.spec.source.entity_key)
             self._pending = (scorer.version, outcomes)
             self._flush()  # committed batch by batch (see plan_batches)
         return True
@@ -208,7 +208,7 @@ class Worker:
         try:
             self._connect()
             self._flush()
-            released = queue.release(self._conn, self.worker_id)
+            released = job_queue.release(self._conn, self.worker_id)
             if released:
                 log.info("released %d job(s) back to the queue", released)
         except _DB_ERRORS as exc:  # the leases will expire and other workers reclaim the jobs

@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from scoring import queue
+from scoring import job_queue
 from scoring.demo_data import generate_day
 from scoring.scorer import Scorer
 from serving.app import create_app
@@ -121,7 +121,7 @@ def test_cancel_queued_job_and_refuse_running(client, conn):
                  "lease_expires_at = now() + interval '1 hour' WHERE id = %s", (running,))
     refused = client.delete(f"/v1/jobs/{running}")
     assert refused.status_code == 409 and refused.json["error"]["code"] == "job_not_cancellable"
-    queue.release(conn, "w-test")
+    job_queue.release(conn, "w-test")
 
 
 def test_bearer_token_protects_the_job_routes(db_url):

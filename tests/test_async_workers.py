@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from scoring import queue
+from scoring import job_queue
 from scoring.demo_data import generate_day
 from scoring.scorer import Scorer
 
@@ -92,18 +92,18 @@ def features(spec, recs: list[dict]) -> list[dict]:
 def submit_all(conn, model: str, jobs: list[list[dict]], **kw) -> list[uuid.UUID]:
     """All jobs in one transaction: they become visible (and NOTIFY fires) together."""
     with conn.transaction():
-        return [queue.submit(conn, model, recs, **kw)[0].id for recs in jobs]
+        return [job_queue.submit(conn, model, recs, **kw)[0].id for recs in jobs]
 
 
-def wait_finished(conn, ids: list[uuid.UUID], timeout: float = 60) -> dict[uuid.UUID, queue.Job]:
+def wait_finished(conn, ids: list[uuid.UUID], timeout: float = 60) -> dict[uuid.UUID, job_queue.Job]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         n = conn.execute("SELECT count(*) FROM ops.prediction_jobs WHERE id = ANY(%s) AND status IN "
                          "('done', 'failed', 'cancelled')", (ids,)).fetchone()[0]
         if n == len(ids):
-            return {i: queue.get(conn, i) for i in ids}
+            return {i: job_queue.get(conn, i) for i in ids}
         time.sleep(0.1)
-    raise AssertionError(f"only {n} of {len(ids)} jobs finished in {timeout}s: {queue.counts(conn)}")
+    raise AssertionError(f"only {n} of {len(ids)} jobs finished in {timeout}s: {job_queue.counts(conn)}")
 
 
 def expected(spec, recs: list[dict]) -> list[dict]:
@@ -255,6 +255,6 @@ def test_worker_hot_reloads_a_new_champion_between_batches(db_url, conn, specs, 
     finally:
         registry.set_registered_model_alias("spend", "champion", before)
         worker._shutdown()
-    assert {queue.get(conn, i).model_version for i in first} == {int(before)}
-    assert {queue.get(conn, i).model_version for i in second} == {int(new)}
-    assert [queue.get(conn, i).result[0] for i in first + second] == expected(spec, rows)  # same booster bytes
+    assert {job_queue.get(conn, i).model_version for i in first} == {int(before)}
+    assert {job_queue.get(conn, i).model_version for i in second} == {int(new)}
+    assert [job_queue.get(conn, i).result[0] for i in first + second] == expected(spec, rows)  # same booster bytes

@@ -146,7 +146,8 @@ def test_missing_champion_alias_fails_saying_so(ready, db_url, logs, tmp_path, m
 
 def test_bad_conf_is_rejected_naming_the_key():
     import airflow.settings  # noqa: F401 - puts the plugins folder on sys.path
-    from serving_platform.predict_tasks import ConfError, model_ref, prediction_date
+
+    from airflow_tasks.predict_tasks import ConfError, model_ref, prediction_date
 
     with pytest.raises(ConfError, match="conf 'date'"):
         prediction_date({"params": {"date": "yesterday"}})

@@ -180,7 +180,8 @@ def test_run_date_falls_back_to_run_after_and_conf_dates_are_checked():
     from types import SimpleNamespace
 
     import airflow  # noqa: F401 - importing Airflow puts plugins/ on sys.path
-    from serving_platform.run_dates import ConfError, conf_date, run_date
+
+    from airflow_tasks.run_dates import ConfError, conf_date, run_date
 
     after = dt.datetime(2026, 11, 3, 4, tzinfo=dt.UTC)
     assert run_date({"logical_date": dt.datetime(2026, 11, 2, 23, tzinfo=dt.UTC)}) == dt.date(2026, 11, 2)

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from scoring import queue
+from scoring import job_queue
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,15 +39,15 @@ def test_dag_run_deletes_old_finished_jobs_and_reclaims_leases(airflow_db, conn)
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     model = f"t_{uuid.uuid4().hex[:10]}"
-    ids = [queue.submit(conn, model, [{"x": i}])[0].id for i in range(5)]
+    ids = [job_queue.submit(conn, model, [{"x": i}])[0].id for i in range(5)]
     old_done, old_failed, recent_done, queued, expired = ids
-    claimed = queue.claim(conn, model, f"w-{model}", 3, 30)  # the three oldest: old_done, old_failed, recent
+    claimed = job_queue.claim(conn, model, f"w-{model}", 3, 30)  # the three oldest: old_done, old_failed, recent
     by_id = {j.id: j for j in claimed}
-    queue.write_outcomes(conn, f"w-{model}", "1", [
-        queue.Outcome(by_id[old_done], result=[{"prediction": 1.0}]),
-        queue.Outcome(by_id[recent_done], result=[{"prediction": 1.0}])])
+    job_queue.write_outcomes(conn, f"w-{model}", "1", [
+        job_queue.Outcome(by_id[old_done], result=[{"prediction": 1.0}]),
+        job_queue.Outcome(by_id[recent_done], result=[{"prediction": 1.0}])])
     conn.execute("UPDATE ops.prediction_jobs SET max_attempts = 1 WHERE id = %s", (old_failed,))
-    queue.write_outcomes(conn, f"w-{model}", "1", [queue.Outcome(by_id[old_failed], error="boom")])
+    job_queue.write_outcomes(conn, f"w-{model}", "1", [job_queue.Outcome(by_id[old_failed], error="boom")])
     conn.execute("UPDATE ops.prediction_jobs SET finished_at = now() - interval '3 hours' WHERE id = ANY(%s)",
                  ([old_done, old_failed],))
     # a job whose worker died an hour ago: the DAG puts it back in the queue

@@ -7,8 +7,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from serving_platform.hooks import serving_db_connection
-from serving_platform.run_dates import ConfError, run_date
+from airflow_tasks.hooks import serving_db_connection
+from airflow_tasks.run_dates import ConfError, run_date
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from airflow_tasks.hooks import serving_db_connection
+from airflow_tasks.run_dates import ConfError, conf_date, run_date
 from scoring.spec import XGBOOST_PARAMS, ModelSpec, validate_xgboost_params
-from serving_platform.hooks import serving_db_connection
-from serving_platform.run_dates import ConfError, conf_date, run_date
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from airflow.sdk import Asset, Param
 
+from airflow_tasks.hooks import serving_db_connection
+from airflow_tasks.run_dates import ConfError, conf_date, run_date
 from scoring.spec import ModelSpec
-from serving_platform.hooks import serving_db_connection
-from serving_platform.run_dates import ConfError, conf_date, run_date
 
 log = logging.getLogger(__name__)
 
