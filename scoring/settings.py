@@ -1,0 +1,569 @@
+"""Every environment variable the platform reads or sets, declared once: name, type, default, doc, readers.
+
+Each component builds a typed, frozen settings object from this registry (`load(SomeSettings, env)` over
+dataclass fields made with `setting("NAME")`), so a variable's name, default and check live only here. A value
+that does not parse stops start-up with a SettingsError naming the variable and the value.
+
+The README's settings table and `.env.example` are generated from the registry (a test fails when they drift):
+
+    python -m scoring.settings --write     # rewrite both
+    python -m scoring.settings --markdown  # print the README table
+    python -m scoring.settings --env-example
+
+Stdlib only: the gunicorn config, the stack and the benches import it before anything heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+ENV_EXAMPLE = REPO / ".env.example"
+BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
+
+# Who reads (or sets) a variable. "compose" = docker-compose.yaml (its `.env` or a service's environment).
+COMPONENTS = ("core", "serving", "gunicorn", "worker", "batch", "airflow", "mlflow", "stack", "compose", "bench")
+KINDS = ("str", "int", "float", "bool", "port", "path", "url", "bind", "choice", "list")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+STACK_COMPONENTS = ("postgres", "mlflow", "airflow", "serving", "worker")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the platform cannot use; the message names the variable and value."""
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    kind: str
+    default: str | None  # as written in the environment; None = unset (the reader decides, see default_doc)
+    doc: str
+    components: tuple[str, ...]
+    group: str
+    secret: bool = False
+    low: float | None = None  # inclusive bounds for int/float
+    high: float | None = None
+    positive: bool = False  # float/int must be > 0
+    choices: tuple[str, ...] = ()  # choice: one of; list: a comma list of these
+    schemes: tuple[str, ...] = ()  # url: allowed schemes
+    empty_is_unset: bool = True  # False when an empty value means something (e.g. "turn off")
+    default_doc: str = ""  # how the reader computes the default when `default` is None
+    example: str | None = None  # value shipped in .env.example (compose variables), when not the default
+    third_party: str = ""  # the program that actually interprets it (MLflow, Airflow, ...), when not ours
+    dotenv: bool = False  # docker-compose.yaml takes it from `.env`: shipped in .env.example
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS, (self.name, self.kind)
+        assert set(self.components) <= set(COMPONENTS), (self.name, self.components)
+        assert self.kind not in ("choice", "list") or self.choices, self.name
+
+
+def _v(name: str, kind: str, default: str | None, doc: str, components: Iterable[str], **kw: Any) -> Var:
+    return Var(name, kind, default, doc, tuple(components), **kw)
+
+
+def _dotenv(name: str, kind: str, default: str | None, doc: str, **kw: Any) -> Var:
+    return Var(name, kind, default, doc, ("compose",), group=_COMPOSE, dotenv=True, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ the registry
+# Order = the order of the README table and of .env.example.
+
+_CORE = "Shared core"
+_SERVING = "Online serving (the Flask app)"
+_GUNICORN = "Online serving (gunicorn, `serving/gunicorn.conf.py`)"
+_WORKER = "Async worker (`python -m serving.worker`)"
+_BATCH = "Batch and Airflow"
+_STACK = "Local stack (`make up`)"
+_COMPOSE = "Container deployment (`.env` for `docker-compose.yaml`)"
+_BENCH = "Benchmarks"
+
+_VARS: tuple[Var, ...] = (
+    # --- shared core
+    _v("DATABASE_URL", "url", "postgresql://postgres@127.0.0.1:55432/serving",
+       "The serving database (features, predictions, ops). Set by `make up` and docker-compose for every service; "
+       "`make up` and the benches, when it is set, use the server it names (the `mlflow` and `airflow` databases "
+       "beside it) instead of starting their own PostgreSQL.",
+       ("core", "serving", "worker", "batch", "stack", "bench"), group=_CORE, schemes=("postgresql", "postgres")),
+    _v("MODELS_FILE", "path", None, "The model spec file (one entry per served model).",
+       ("core", "serving", "worker", "batch", "airflow", "stack"), group=_CORE,
+       default_doc="`models.yaml` in the repository"),
+    _v("MLFLOW_TRACKING_URI", "str", None,
+       "MLflow tracking server and registry. Set by `make up` and docker-compose for every service.",
+       ("core", "serving", "worker", "batch", "airflow", "bench"), group=_CORE, third_party="MLflow",
+       default_doc="MLflow's own (`./mlruns`)"),
+    _v("GIT_PYTHON_REFRESH", "str", None,
+       "Silences GitPython's warning when no `git` is installed (MLflow imports it). Set to `quiet` by "
+       "`make up`, the Dockerfile and the benches.", ("stack", "bench"), group=_CORE, third_party="GitPython"),
+    # --- online serving: the app
+    _v("SERVING_MODEL", "str", None,
+       "The model (from models.yaml) this deployment serves; required by the app and the worker.",
+       ("serving", "gunicorn", "worker"), group=_SERVING),
+    _v("SERVING_MODEL_REF", "str", "champion", "Registry alias served (hot-reloaded when it moves).",
+       ("serving", "worker"), group=_SERVING),
+    _v("SERVING_POLL_INTERVAL_S", "float", "10", "Seconds between each process's checks of the alias.",
+       ("serving", "worker"), group=_SERVING, positive=True),
+    _v("SERVING_API_TOKEN", "str", None,
+       "Bearer token required on prediction routes (unset = open; health and metrics stay open).",
+       ("serving", "compose"), group=_SERVING, secret=True, dotenv=True),
+    _v("SERVING_MAX_BODY_BYTES", "int", "1048576", "Largest request body (413 above).", ("serving",),
+       group=_SERVING, low=1),
+    _v("SERVING_MAX_ROWS", "int", "1000", "Most records in one synchronous request (413 above).", ("serving",),
+       group=_SERVING, low=1),
+    _v("SERVING_JOB_MAX_RECORDS", "int", "10000", "Most records in one async job submit (413 above).",
+       ("serving",), group=_SERVING, low=1),
+    _v("SERVING_BOOSTER_THREADS", "int", "1",
+       "Threads per XGBoost booster (gunicorn workers already use the cores).", ("serving", "worker"),
+       group=_SERVING, low=1),
+    _v("SERVING_DB_POOL_MIN", "int", "1", "Connections each worker keeps open to the serving database.",
+       ("serving",), group=_SERVING, low=0),
+    _v("SERVING_DB_POOL_MAX", "int", "4", "Most connections per worker to the serving database.", ("serving",),
+       group=_SERVING, low=1),
+    _v("SERVING_DB_TIMEOUT_S", "float", "2",
+       "Pool wait and connect timeout: an unreachable database answers 503 this fast.", ("serving",),
+       group=_SERVING, positive=True),
+    _v("SERVING_LATEST_TTL_S", "float", "2", "Cache lifetime of the latest complete prediction date.",
+       ("serving",), group=_SERVING, low=0),
+    _v("PROMETHEUS_MULTIPROC_DIR", "path", None,
+       "Where every gunicorn worker writes its metric samples (`/metrics` merges them); emptied at start.",
+       ("serving", "gunicorn"), group=_SERVING, third_party="prometheus_client",
+       default_doc="`/tmp/serving-metrics-<model>-<bind>`, set by gunicorn.conf.py"),
+    # --- online serving: gunicorn
+    _v("SERVING_BIND", "bind", "127.0.0.1:8000", "Address gunicorn listens on (`host:port` or `unix:/path`).",
+       ("gunicorn",), group=_GUNICORN),
+    _v("SERVING_WORKERS", "int", "2", "gunicorn worker processes (each loads the model).", ("gunicorn",),
+       group=_GUNICORN, low=1),
+    _v("SERVING_THREADS", "int", "1", "Threads per worker; 1 = sync workers (measured best on 2 cores).",
+       ("gunicorn",), group=_GUNICORN, low=1),
+    _v("SERVING_WORKER_CLASS", "str", None, "gunicorn worker class.", ("gunicorn",), group=_GUNICORN,
+       default_doc="`gthread` when SERVING_THREADS > 1, else `sync`"),
+    _v("SERVING_TIMEOUT_S", "int", "60", "Worker timeout; also bounds a worker's boot (model load).",
+       ("gunicorn",), group=_GUNICORN, low=0),
+    _v("SERVING_GRACEFUL_TIMEOUT_S", "int", "20", "Seconds a stopping worker gets to finish its requests.",
+       ("gunicorn",), group=_GUNICORN, low=0),
+    _v("SERVING_KEEPALIVE_S", "int", "5", "Keep-alive seconds (gthread workers).", ("gunicorn",),
+       group=_GUNICORN, low=0),
+    _v("SERVING_BACKLOG", "int", "2048", "Pending connections the listen socket holds.", ("gunicorn",),
+       group=_GUNICORN, low=1),
+    _v("SERVING_LIMIT_REQUEST_LINE", "int", "4094", "Longest request line in bytes (0 = unlimited).",
+       ("gunicorn",), group=_GUNICORN, low=0, high=8190),
+    _v("SERVING_LIMIT_REQUEST_FIELDS", "int", "100", "Most request headers.", ("gunicorn",), group=_GUNICORN,
+       low=0, high=32768),
+    _v("SERVING_LIMIT_REQUEST_FIELD_SIZE", "int", "8190", "Largest request header in bytes (0 = unlimited).",
+       ("gunicorn",), group=_GUNICORN, low=0),
+    _v("SERVING_MAX_REQUESTS", "int", "0", "Restart a worker after this many requests (0 = never).",
+       ("gunicorn",), group=_GUNICORN, low=0),
+    _v("SERVING_LOG_LEVEL", "choice", "info", "gunicorn's error-log level.", ("gunicorn",), group=_GUNICORN,
+       choices=LOG_LEVELS),
+    _v("SERVING_ACCESS_LOG", "str", "-",
+       "JSON-lines access log (with `request_id`, echoed as `X-Request-ID`): `-` = stdout, a file path, "
+       "or empty = off.", ("gunicorn",), group=_GUNICORN, empty_is_unset=False),
+    _v("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "int", "2",
+       "Retries of a registry call; set by gunicorn.conf.py when unset so a poll fails fast while MLflow is down "
+       "(MLflow's own default is 7).", ("gunicorn",), group=_GUNICORN, low=0, third_party="MLflow"),
+    _v("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "int", "1", "Backoff between those retries (set like the above).",
+       ("gunicorn",), group=_GUNICORN, low=0, third_party="MLflow"),
+    _v("MLFLOW_HTTP_REQUEST_TIMEOUT", "int", "10", "Seconds per registry call (set like the above).",
+       ("gunicorn",), group=_GUNICORN, low=1, third_party="MLflow"),
+    # --- async worker
+    _v("WORKER_BATCH_SIZE", "int", "256", "Most jobs claimed and scored in one micro-batch.", ("worker",),
+       group=_WORKER, low=1),
+    _v("WORKER_MAX_BATCH_RECORDS", "int", "50000", "Most records per scorer call (jobs carry many records).",
+       ("worker",), group=_WORKER, low=1),
+    _v("WORKER_LEASE_S", "float", "30", "Claim lease; a dead worker's jobs return to the queue after it.",
+       ("worker",), group=_WORKER, positive=True),
+    _v("WORKER_IDLE_POLL_S", "float", "2", "Polling fallback when no NOTIFY wakes an idle worker.", ("worker",),
+       group=_WORKER, positive=True),
+    _v("WORKER_RETRY_BACKOFF_S", "float", "1", "Backoff before a failed job is retried.", ("worker",),
+       group=_WORKER, low=0),
+    _v("WORKER_LOG_LEVEL", "choice", "info", "The worker's log level.", ("worker",), group=_WORKER,
+       choices=LOG_LEVELS),
+    # --- batch and Airflow
+    _v("SCORING_COPY_READER", "choice", "psql",
+       "How batch scoring streams features out of PostgreSQL: `psql` (the client's COPY, fast; psycopg when no "
+       "psql is found) or `psycopg`.", ("batch",), group=_BATCH, choices=("psql", "psycopg")),
+    _v("PSQL_BIN", "path", None, "The psql client used for COPY out.", ("batch",), group=_BATCH,
+       default_doc="`psql` on PATH"),
+    _v("QUEUE_RETENTION_HOURS", "int", "168",
+       "Default `retention_hours` of the `queue_maintenance` DAG (finished jobs older than this are deleted).",
+       ("airflow",), group=_BATCH, low=0),
+    _v("AIRFLOW_CONN_SERVING_DB", "url", None,
+       "Airflow connection `serving_db` (the serving database) used by the task bodies.", ("airflow",),
+       group=_BATCH, third_party="Airflow", default_doc="DATABASE_URL (set by `make up` and docker-compose)"),
+    _v("AIRFLOW_HOME", "path", None, "Airflow's home (config, logs).", ("airflow", "stack"), group=_BATCH,
+       third_party="Airflow", default_doc="`$STACK_HOME/airflow` (set by `make up`)"),
+    *(_v(name, "str", None, doc, ("airflow", "stack", "compose") if compose else ("airflow", "stack"),
+         group=_BATCH, third_party="Airflow", secret=secret,
+         default_doc="set by `make up`" + (" and docker-compose" if compose else ""))
+      for name, doc, compose, secret in (
+          ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "Airflow's metadata database (`airflow` beside `serving`).",
+           True, False),
+          ("AIRFLOW__CORE__EXECUTOR", "`LocalExecutor`.", True, False),
+          ("AIRFLOW__CORE__PARALLELISM", "Task slots of the local stack (8).", False, False),
+          ("AIRFLOW__CORE__DAGS_FOLDER", "`dags/`.", True, False),
+          ("AIRFLOW__CORE__PLUGINS_FOLDER", "`plugins/` (the task bodies).", True, False),
+          ("AIRFLOW__CORE__LOAD_EXAMPLES", "Off.", True, False),
+          ("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "Off: the DAGs run on their schedules at once.", True, False),
+          ("AIRFLOW__CORE__FERNET_KEY", "Encrypts connections and variables in the metadata database.", True, True),
+          ("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "Where task processes reach the api-server.", True, False),
+          ("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "The admin login (`<user>:admin` role).", True, False),
+          ("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", "Its password file.", True, False),
+          ("AIRFLOW__CORE__UNIT_TEST_MODE", "Off.", False, False),
+          ("AIRFLOW__API_AUTH__JWT_SECRET", "Signs task and API tokens (shared by every Airflow component).",
+           True, True),
+          ("AIRFLOW__API__SECRET_KEY", "The api-server's session key.", True, True),
+          ("AIRFLOW__API__BASE_URL", "The api-server's own URL.", False, False),
+          ("AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "The scheduler's health endpoint (container healthcheck).",
+           True, False),
+      )),
+    # --- local stack
+    _v("STACK_HOME", "path", None, "State folder: pgdata, logs, PID files, Airflow home, MLflow artifacts.",
+       ("stack",), group=_STACK, default_doc="`.local/` in the repository"),
+    _v("STACK_PG_PORT", "port", "55432", "The project-local PostgreSQL (the default DATABASE_URL's port).",
+       ("stack",), group=_STACK),
+    _v("STACK_MLFLOW_PORT", "port", None, "MLflow tracking server.", ("stack",), group=_STACK,
+       default_doc="`MLFLOW_PORT` in `mlflow/server.env` (5000)"),
+    _v("STACK_AIRFLOW_PORT", "port", "8080", "Airflow api-server.", ("stack",), group=_STACK),
+    _v("STACK_SERVING_PORT", "port", "8000", "First model's gunicorn; the next model gets the next port.",
+       ("stack",), group=_STACK),
+    _v("STACK_COMPONENTS", "list", ",".join(STACK_COMPONENTS), "Which services `make up` runs (comma list).",
+       ("stack",), group=_STACK, choices=STACK_COMPONENTS),
+    _v("STACK_ADMIN_PASSWORD", "str", "admin", "The local Airflow login's password (user `admin`).",
+       ("stack",), group=_STACK, secret=True),
+    _v("PG_BINDIR", "path", None, "Where `initdb` and `pg_ctl` live (local stack, tests, benches).",
+       ("stack", "bench"), group=_STACK, default_doc="`pg_config --bindir`, else PATH"),
+    # --- container deployment
+    _dotenv("PLATFORM_IMAGE", "str", "model-serving-platform:latest", "Image built from `./Dockerfile`."),
+    _dotenv("POSTGRES_USER", "str", None, "PostgreSQL role (one server: databases serving, mlflow, airflow).",
+            example="platform", default_doc="required"),
+    _dotenv("POSTGRES_PASSWORD", "str", None, "Its password (URL-safe characters).", secret=True,
+            default_doc="required"),
+    _dotenv("AIRFLOW_ADMIN_USER", "str", "admin", "Airflow login."),
+    _dotenv("AIRFLOW_ADMIN_PASSWORD", "str", None, "Its password.", secret=True, default_doc="required"),
+    _dotenv("AIRFLOW_FERNET_KEY", "str", None, "Becomes AIRFLOW__CORE__FERNET_KEY.", secret=True,
+            default_doc="required"),
+    _dotenv("AIRFLOW_JWT_SECRET", "str", None, "Becomes AIRFLOW__API_AUTH__JWT_SECRET.", secret=True,
+            default_doc="required"),
+    _dotenv("AIRFLOW_API_SECRET_KEY", "str", None, "Becomes AIRFLOW__API__SECRET_KEY.", secret=True,
+            default_doc="required"),
+    _dotenv("AIRFLOW_PORT", "port", "8080", "Host port of the Airflow api-server."),
+    _dotenv("MLFLOW_PORT", "port", "5000", "Host port of MLflow."),
+    _dotenv("SERVING_CHURN_PORT", "port", "8000", "Host port of the churn deployment."),
+    _dotenv("SERVING_SPEND_PORT", "port", "8001", "Host port of the spend deployment."),
+    _v("MLFLOW_SERVER_ALLOWED_HOSTS", "str", None,
+       "Host names the MLflow server answers (DNS-rebinding protection); set in docker-compose.yaml.",
+       ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", default_doc="MLflow's own (localhost)"),
+    # --- benchmarks
+    _v("BENCH_DURATION", "int", "15", "`make bench-online`: seconds per wrk run (`--duration`).", ("bench",),
+       group=_BENCH, low=1),
+    _v("BENCH_ROUNDS", "int", "2", "`make bench-online`: rounds over the targets, best kept (`--rounds`).",
+       ("bench",), group=_BENCH, low=1),
+    _v("BENCH_JOBS", "int", "20000", "`make bench-async`: single-row jobs to drain (`--jobs`).", ("bench",),
+       group=_BENCH, low=1),
+    _v("BENCH_LIVE_REQUESTS", "int", "5000", "`make bench-async`: live requests for the reference rate.",
+       ("bench",), group=_BENCH, low=1),
+    _v("BATCH_BENCH_ROWS", "int", "1000000", "`make bench-batch`: feature rows to score (a make variable).",
+       ("bench",), group=_BENCH, low=1),
+    _v("REFERENCE_MODEL_FILE", "path", None,
+       "Set by bench-online: the booster file its reference apps load.", ("bench",), group=_BENCH,
+       default_doc="set by the bench"),
+)
+
+REGISTRY: dict[str, Var] = {v.name: v for v in _VARS}
+assert len(REGISTRY) == len(_VARS), "a variable is declared twice"
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def _fail(var: Var, raw: str, problem: str) -> SettingsError:
+    shown = "***" if var.secret else repr(raw)
+    return SettingsError(f"{var.name}={shown}: {problem}")
+
+
+def _number(var: Var, raw: str, value: float, what: str) -> None:
+    if var.positive and not value > 0:
+        raise _fail(var, raw, f"must be {what} > 0")
+    if var.low is not None and value < var.low:
+        raise _fail(var, raw, f"must be {what} >= {var.low:g}" if var.high is None
+                    else f"must be {what} in [{var.low:g}, {var.high:g}]")
+    if var.high is not None and value > var.high:
+        raise _fail(var, raw, f"must be {what} in [{var.low or 0:g}, {var.high:g}]")
+
+
+def _port(var: Var, raw: str) -> int:
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise _fail(var, raw, "must be a TCP port number (1-65535)")
+    return int(raw)
+
+
+def parse(var: Var, raw: str) -> Any:
+    """The typed value of `raw` for `var`; SettingsError naming both when it does not fit."""
+    text = raw.strip()
+    kind = var.kind
+    if kind == "int":
+        try:
+            value = int(text)
+        except ValueError:
+            raise _fail(var, raw, "must be an integer") from None
+        _number(var, raw, value, "an integer")
+        return value
+    if kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise _fail(var, raw, "must be a number") from None
+        if not math.isfinite(value):
+            raise _fail(var, raw, "must be a finite number")
+        _number(var, raw, value, "a number")
+        return value
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise _fail(var, raw, "must be true or false")
+    if kind == "port":
+        return _port(var, text)
+    if kind == "path":
+        return Path(text).expanduser()
+    if kind == "url":
+        scheme, sep, rest = text.partition("://")
+        if not sep or not scheme or not rest:
+            raise _fail(var, raw, "must be a URL (scheme://...)")
+        if var.schemes and scheme.lower() not in var.schemes:
+            raise _fail(var, raw, f"must be a {' or '.join(s + '://' for s in var.schemes)} URL")
+        return text
+    if kind == "bind":
+        if text.startswith(("unix:", "fd://")):
+            return text
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise _fail(var, raw, "must be host:port or unix:/path")
+        _port(var, port)
+        return text
+    if kind == "choice":
+        for choice in var.choices:
+            if text.lower() == choice.lower():
+                return choice
+        raise _fail(var, raw, f"must be one of {', '.join(var.choices)}")
+    if kind == "list":
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = sorted(set(items) - set(var.choices))
+        if unknown:
+            raise _fail(var, raw, f"unknown {', '.join(unknown)}; choose from {', '.join(var.choices)}")
+        return frozenset(items)
+    return raw  # str: as written (leading/trailing spaces may matter in a token or a path)
+
+
+def _var(var: Var | str) -> Var:
+    if isinstance(var, Var):
+        return var
+    try:
+        return REGISTRY[var]
+    except KeyError:
+        raise KeyError(f"{var} is not declared in scoring/settings.py") from None
+
+
+def raw_value(var: Var | str, env: Mapping[str, str] | None = None) -> str | None:
+    """What the environment holds for the variable; None when it is unset (or empty, for most variables)."""
+    var = _var(var)
+    raw = (os.environ if env is None else env).get(var.name)
+    if raw is None or (raw == "" and var.empty_is_unset):
+        return None
+    return raw
+
+
+def is_set(var: Var | str, env: Mapping[str, str] | None = None) -> bool:
+    return raw_value(var, env) is not None
+
+
+def default(var: Var | str) -> Any:
+    """The typed default (None when the reader computes it)."""
+    var = _var(var)
+    return None if var.default is None else parse(var, var.default)
+
+
+def read(var: Var | str, env: Mapping[str, str] | None = None) -> Any:
+    """The typed value from `env` (default: os.environ), else the declared default."""
+    var = _var(var)
+    raw = raw_value(var, env)
+    return default(var) if raw is None else parse(var, raw)
+
+
+# ------------------------------------------------------------------------------------------------ settings objects
+
+T = TypeVar("T")
+
+
+def setting(name: str) -> Any:
+    """A dataclass field backed by a registry variable: its default is the declared one."""
+    var = _var(name)
+    return dataclasses.field(default=default(var), metadata={"env": name})
+
+
+def load(cls: type[T], env: Mapping[str, str] | None = None, **given: Any) -> T:
+    """An instance of the settings dataclass `cls`: fields made with setting() from `env`, the rest from `given`."""
+    values = dict(given)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = f.metadata.get("env")
+        if name is not None and f.name not in values:
+            values[f.name] = read(name, env)
+    return cls(**values)
+
+
+def env_names(cls: type) -> dict[str, str]:
+    """field name -> variable name of a settings dataclass."""
+    return {f.name: f.metadata["env"] for f in dataclasses.fields(cls) if "env" in f.metadata}
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """What the shared core reads: the batch CLI, Airflow task bodies and the benches build this one."""
+
+    database_url: str = setting("DATABASE_URL")
+    models_file: Path | None = setting("MODELS_FILE")
+    copy_reader: str = setting("SCORING_COPY_READER")
+    psql_bin: Path | None = setting("PSQL_BIN")
+    mlflow_tracking_uri: str | None = setting("MLFLOW_TRACKING_URI")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CoreSettings:
+        return load(cls, env)
+
+
+BatchSettings = CoreSettings
+
+
+def check_all(env: Mapping[str, str] | None = None, components: Iterable[str] | None = None) -> None:
+    """Parse every declared variable of these components present in `env`; the first bad one raises."""
+    wanted = set(components or COMPONENTS)
+    for var in _VARS:
+        if wanted & set(var.components):
+            read(var, env)
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _shown_default(var: Var) -> str:
+    if var.default is not None:
+        return "`(empty)`" if var.default == "" else f"`{var.default}`"
+    return var.default_doc or "unset"
+
+
+def _type(var: Var) -> str:
+    if var.kind in ("choice", "list"):
+        joined = " \\| ".join(var.choices)
+        return f"{'one of' if var.kind == 'choice' else 'comma list of'} {joined}"
+    bounds = ""
+    if var.positive:
+        bounds = " > 0"
+    elif var.low is not None and var.high is not None:
+        bounds = f" {var.low:g}..{var.high:g}"
+    elif var.low is not None:
+        bounds = f" >= {var.low:g}"
+    return var.kind + bounds
+
+
+def render_markdown() -> str:
+    """The README's settings tables, one per group, in registry order."""
+    lines = ["Generated from `scoring/settings.py` by `make settings`; do not edit by hand. *Read by*: the "
+             "components that read (or set) it; third-party variables name the program that interprets them.",
+             ""]
+    group = None
+    for var in _VARS:
+        if var.group != group:
+            if group is not None:
+                lines.append("")
+            group = var.group
+            lines += [f"**{group}**", "", "| variable | type | default | read by | what |", "|---|---|---|---|---|"]
+        doc = var.doc + (" *Secret.*" if var.secret else "") + (f" ({var.third_party})" if var.third_party else "")
+        lines.append(f"| `{var.name}` | {_cell(_type(var))} | {_cell(_shown_default(var))} | "
+                     f"{', '.join(var.components)} | {_cell(doc)} |")
+    return "\n".join(lines) + "\n"
+
+
+_ENV_HEADER = """\
+# Settings of the container deployment (docker-compose.yaml). Copy to `.env` (git-ignored) and fill in:
+#   cp .env.example .env
+# Generate the keys with:
+#   python -c "import secrets; print(secrets.token_urlsafe(32))"                              # secrets, tokens
+#   python -c "import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())"   # AIRFLOW_FERNET_KEY
+# Passwords end up inside connection URLs: use URL-safe characters (letters, digits, - _ . ~).
+#
+# Generated from scoring/settings.py by `make settings`; do not edit by hand (the README lists every variable).
+"""
+
+# Set per service by docker-compose.yaml's `environment:` (which wins over `.env`): not offered in .env.example.
+COMPOSE_SETS = frozenset({"DATABASE_URL", "MLFLOW_TRACKING_URI", "SERVING_MODEL", "SERVING_BIND"})
+_CONTAINER_COMPONENTS = frozenset({"serving", "gunicorn", "worker", "batch"})
+
+
+def render_env_example() -> str:
+    """.env.example: compose's variables (secrets empty), then the containers' optional settings commented out."""
+    lines = [_ENV_HEADER]
+    for var in _VARS:
+        if not var.dotenv:
+            continue
+        value = "" if var.secret else (var.example if var.example is not None else var.default or "")
+        lines += [f"# {var.doc}" + (" Secret." if var.secret else ""), f"{var.name}={value}", ""]
+    lines += ["# Optional: every platform container reads .env (env_file), so these apply to all of them.",
+              "# Uncomment to change a default (the values shown are the defaults).", ""]
+    for var in _VARS:
+        optional = (_CONTAINER_COMPONENTS & set(var.components) and not var.dotenv
+                    and var.name not in COMPOSE_SETS and var.default is not None and not var.third_party)
+        if optional:
+            lines += [f"# {var.doc}", f"# {var.name}={var.default}"]
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_table(text: str) -> str:
+    begin, end = text.find(BEGIN), text.find(END)
+    if begin < 0 or end < begin:
+        raise SettingsError(f"{README.name}: the markers {BEGIN} ... {END} are missing")
+    return text[:begin + len(BEGIN)] + "\n" + render_markdown() + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render the settings registry.")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the README settings tables")
+    group.add_argument("--env-example", action="store_true", help="print .env.example")
+    group.add_argument("--write", action="store_true", help="rewrite README.md's table and .env.example")
+    group.add_argument("--check", action="store_true", help="validate the current environment")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(render_markdown())
+    elif args.env_example:
+        sys.stdout.write(render_env_example())
+    elif args.write:
+        README.write_text(readme_with_table(README.read_text()))
+        ENV_EXAMPLE.write_text(render_env_example())
+        print(f"wrote {README.name} (settings table) and {ENV_EXAMPLE.name}")
+    else:
+        try:
+            check_all()
+        except SettingsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
