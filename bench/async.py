@@ -1,7 +1,7 @@
 """Async queue benchmark (`make bench-async`): micro-batched queue throughput vs the live single-row endpoint.
 
 It starts its own PostgreSQL cluster, MLflow server, a trained churn model, one gunicorn deployment (2 sync
-workers) and `python -m serving.worker` processes, then in one run:
+workers) and `python -m serving.worker` processes (testing/platform.py), then in one run:
 
 1. live: single-row `POST /v1/models/churn/predict` through that gunicorn, from the same asyncio client the
    submits use and (when installed) from wrk with 32 connections -> rows/s; the higher rate is the reference;
@@ -27,14 +27,12 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +42,16 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scoring.demo_data import generate_day, seed_history  # noqa: E402
+from scoring.demo_data import generate_day  # noqa: E402
 from scoring.migrate import apply_migrations  # noqa: E402
 from scoring.scorer import Scorer  # noqa: E402
 from scoring.spec import load_spec  # noqa: E402
-from stack.pg import PgCluster, free_port  # noqa: E402
-from stack.services import ServiceError, start_mlflow, stop_process, wait_http  # noqa: E402
+from stack.pg import free_port  # noqa: E402
+from stack.services import ServiceError, wait_http  # noqa: E402
+from testing.platform import Platform, train_champion  # noqa: E402
+from testing.servers import AsyncWorker  # noqa: E402
 
 MODEL = "churn"
-VENV_BIN = Path(sys.executable).parent
 
 
 def say(msg: str) -> None:
@@ -64,100 +63,63 @@ def say(msg: str) -> None:
 
 @dataclass
 class Env:
-    root: Path
+    platform: Platform
     db_url: str
     mlflow_uri: str
     serving_url: str = ""
-    procs: list[subprocess.Popen] = field(default_factory=list)
-    cluster: PgCluster | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.platform.root
 
 
 def start_stack(args: argparse.Namespace) -> Env:
-    root = Path(tempfile.mkdtemp(prefix="bench-async-"))
-    os.chmod(root, 0o755)  # the PostgreSQL server runs as the postgres user
-    if args.use_env:
-        env = Env(root, os.environ["DATABASE_URL"], os.environ["MLFLOW_TRACKING_URI"])
-        apply_migrations(env.db_url)
-        return env
-    cluster = PgCluster(root / "pgdata", free_port())
-    cluster.init()
-    cluster.start()
-    for db in ("serving", "mlflow"):
-        cluster.create_database(db)
-    env = Env(root, cluster.url("serving"), "", cluster=cluster)
-    say(f"PostgreSQL on port {cluster.port}; migrating")
-    os.environ["DATABASE_URL"] = env.db_url
-    apply_migrations(env.db_url)
-    port = free_port()
-    env.procs.append(start_mlflow(cluster.url("mlflow", "postgresql+psycopg"), root / "mlartifacts", port,
-                                  root / "mlflow.log"))
-    env.mlflow_uri = f"http://127.0.0.1:{port}"
-    os.environ["MLFLOW_TRACKING_URI"] = env.mlflow_uri
-    say(f"MLflow on port {port}; seeding features and training {MODEL}")
-    from mlflow import MlflowClient
-
-    from scoring.db import connect
-    from scoring.training import train_and_register
-
-    end = dt.date(2026, 11, 1)
-    seed_history(end, 30, 1500, url=env.db_url)
-    with connect(env.db_url) as conn:
-        result = train_and_register(load_spec(MODEL), conn, end + dt.timedelta(days=1))
-    if not result.decision.promoted:  # e.g. the latency gate on a busy machine: the bench needs a model anyway
-        say(f"gate refused version {result.version} ({result.decision.reason}); aliasing it for the bench")
-        MlflowClient().set_registered_model_alias(MODEL, "champion", result.version)
-    return env
+    platform = Platform("bench-async-", databases=("serving", "mlflow"))
+    try:
+        if args.use_env:
+            env = Env(platform, os.environ["DATABASE_URL"], os.environ["MLFLOW_TRACKING_URI"])
+            apply_migrations(env.db_url)
+            return env
+        say(f"PostgreSQL on port {platform.postgres.port}; migrating")
+        db_url = platform.database()
+        mlflow_uri = platform.mlflow()
+        say(f"MLflow on port {mlflow_uri.rsplit(':', 1)[1]}; seeding features and training {MODEL}")
+        end = platform.features(dt.date(2026, 11, 1), 30, 1500)
+        # A gate refusal (e.g. its latency check on a busy machine) is overridden: the bench needs a model anyway.
+        result = train_champion(load_spec(MODEL), db_url, end + dt.timedelta(days=1), force=True)
+        if not result.decision.promoted:
+            say(f"gate refused version {result.version} ({result.decision.reason}); aliasing it for the bench")
+        return Env(platform, db_url, mlflow_uri)
+    except BaseException:
+        platform.close()
+        raise
 
 
 def start_gunicorn(env: Env, workers: int) -> None:
     port = free_port()
-    penv = {**os.environ, "SERVING_MODEL": MODEL, "SERVING_BIND": f"127.0.0.1:{port}", "DATABASE_URL": env.db_url,
-            "MLFLOW_TRACKING_URI": env.mlflow_uri, "SERVING_WORKERS": str(workers), "SERVING_ACCESS_LOG": "",
-            "SERVING_LOG_LEVEL": "warning"}
-    log = open(env.root / "gunicorn.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"],
-                            cwd=REPO, env=penv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    env.procs.append(proc)
+    penv = {"DATABASE_URL": env.db_url, "MLFLOW_TRACKING_URI": env.mlflow_uri, "SERVING_WORKERS": str(workers),
+            "SERVING_ACCESS_LOG": "", "SERVING_LOG_LEVEL": "warning"}
     env.serving_url = f"http://127.0.0.1:{port}"
     try:
+        proc = env.platform.gunicorn(MODEL, port, env=penv, log_path=env.root / "gunicorn.log")
         wait_http(f"{env.serving_url}/readyz", 120, proc, "gunicorn")
     except ServiceError as exc:
         raise SystemExit(f"{exc}\n{(env.root / 'gunicorn.log').read_text()[-2000:]}") from exc
 
 
-class WorkerProc:
-    def __init__(self, env: Env, name: str, batch_size: int, lease_s: float) -> None:
-        self.log_path = env.root / f"{name}.log"
-        penv = {**os.environ, "SERVING_MODEL": MODEL, "DATABASE_URL": env.db_url, "MLFLOW_TRACKING_URI": env.mlflow_uri,
-                "WORKER_BATCH_SIZE": str(batch_size), "WORKER_LEASE_S": str(lease_s), "WORKER_IDLE_POLL_S": "1",
-                "SERVING_BOOSTER_THREADS": "1", "SERVING_POLL_INTERVAL_S": "60"}
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.worker"], cwd=REPO, env=penv, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.worker_id = ""
+def start_worker(env: Env, name: str, batch_size: int, lease_s: float) -> AsyncWorker:
+    return env.platform.worker(MODEL, name, {
+        "DATABASE_URL": env.db_url, "MLFLOW_TRACKING_URI": env.mlflow_uri, "WORKER_BATCH_SIZE": str(batch_size),
+        "WORKER_LEASE_S": str(lease_s), "WORKER_IDLE_POLL_S": "1", "SERVING_BOOSTER_THREADS": "1",
+        "SERVING_POLL_INTERVAL_S": "60"})
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            match = re.search(r"worker (\S+) ready", self.log_path.read_text(errors="replace"))
-            if match:
-                self.worker_id = match.group(1)
-                return
-            if self.proc.poll() is not None:
-                raise SystemExit(f"worker exited: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-        raise SystemExit(f"worker not ready after {timeout}s")
 
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        return self.proc.returncode
+def wait_ready(workers: list[AsyncWorker], timeout: float = 120) -> None:
+    for w in workers:
+        try:
+            w.wait_ready(timeout)
+        except ServiceError as exc:
+            raise SystemExit(str(exc)) from exc
 
 
 # ------------------------------------------------------------------------------------------------- HTTP clients
@@ -339,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     k = args.jobs
 
     env = start_stack(args)
-    workers: list[WorkerProc] = []
+    workers: list[AsyncWorker] = []
     try:
         start_gunicorn(env, args.gunicorn_workers)
         spec = load_spec(MODEL)
@@ -360,9 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"bench-{run}-drain{n_workers}"
             queue_empty(conn)
             ids, _ = submit(env, records, tag, args.concurrency)
-            workers = [WorkerProc(env, f"{tag}-w{i}", args.batch_size, 30) for i in range(n_workers)]
-            for w in workers:
-                w.wait_ready()
+            workers = [start_worker(env, f"{tag}-w{i}", args.batch_size, 30) for i in range(n_workers)]
+            wait_ready(workers)
             wait_done(conn, ids, 600)
             codes = [w.stop() for w in workers]
             res = results[tag] = check(conn, tag, ids, expected)
@@ -372,9 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"bench-{run}-kill"
         queue_empty(conn)
         ids, _ = submit(env, records, tag, args.concurrency)
-        workers = [WorkerProc(env, f"{tag}-w{i}", args.batch_size, args.kill_lease_s) for i in range(2)]
-        for w in workers:
-            w.wait_ready()
+        workers = [start_worker(env, f"{tag}-w{i}", args.batch_size, args.kill_lease_s) for i in range(2)]
+        wait_ready(workers)
         victim = workers[0]
         # Kill once >= 30% is done, at a moment the victim holds leased jobs (mid-batch), so some must be reclaimed.
         while True:
@@ -401,9 +361,8 @@ def main(argv: list[str] | None = None) -> int:
 
         tag = f"bench-{run}-steady"
         queue_empty(conn)
-        workers = [WorkerProc(env, f"{tag}-w{i}", args.batch_size, 30) for i in range(2)]
-        for w in workers:
-            w.wait_ready()
+        workers = [start_worker(env, f"{tag}-w{i}", args.batch_size, 30) for i in range(2)]
+        wait_ready(workers)
         ids, submit_s = submit(env, records, tag, args.concurrency)
         wait_done(conn, ids, 600)
         for w in workers:
@@ -423,14 +382,7 @@ def main(argv: list[str] | None = None) -> int:
               f"max_latency_s={res.max_latency_s:.2f} lost={lost} duplicated={duplicated}", flush=True)
         return 0
     finally:
-        for w in workers:
-            if w.proc.poll() is None:
-                w.proc.kill()
-        for proc in reversed(env.procs):
-            stop_process(proc)
-        if env.cluster is not None:
-            env.cluster.destroy()
-        shutil.rmtree(env.root, ignore_errors=True)
+        env.platform.close()  # kills the workers still running, stops gunicorn and MLflow, removes PostgreSQL
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Online serving benchmark (`make bench-online`): wrk on loopback, 32 connections, one row per request.
 
 Side by side, in one run, under the same gunicorn settings (serving/gunicorn.conf.py, SERVING_* env):
-  ceiling     bare Flask "hello" (serving/reference_apps.py)
+  ceiling     bare Flask "hello" (testing/reference_apps.py)
   mlflow      `mlflow models serve --workers 2 --env-manager local` on the same registered version (the peer)
   live        POST /v1/models/churn/predict            (the platform's live predict, shared scorer)
   invocations POST /invocations                         (MLflow protocol on the platform)
@@ -9,7 +9,8 @@ Side by side, in one run, under the same gunicorn settings (serving/gunicorn.con
   floor-flask the shared scorer behind the thinnest Flask route      (reference: the most a Flask live predict
   floor-wsgi  the same as a plain WSGI callable, no Flask              and any live predict under gunicorn can do)
 
-By default it starts its own PostgreSQL, MLflow server and trained model under a temp dir and removes them after;
+By default it starts its own PostgreSQL, MLflow server and trained model (testing/platform.py) under a temp dir
+and removes them after;
 pass --database-url and --tracking-uri to use running services (the model must have a champion and the latest
 day must have precomputed predictions). Installs `wrk` with apt-get when missing. The last line is:
   online live_rps=X vs_mlflow=Yx lookup_rps=Z lookup_vs_ceiling=W p99_ms=P errors=E
@@ -18,7 +19,6 @@ day must have precomputed predictions). Installs `wrk` with apt-get when missing
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -26,7 +26,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,8 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stack.pg import PgCluster, free_port  # noqa: E402
-from stack.services import VENV_BIN, start_mlflow, stop_process, wait_http  # noqa: E402
+from stack.pg import free_port  # noqa: E402
+from stack.services import VENV_BIN, stop_process, wait_http  # noqa: E402
+from testing.platform import Platform, train_champion  # noqa: E402
 
 MODEL = "churn"
 CONNECTIONS = 32
@@ -127,23 +127,12 @@ def check_ok(method: str, url: str, body: str | None = None, content_type: str =
             raise RuntimeError(f"{method} {url} answered {resp.status}")
 
 
-def start_stack(root: Path, days: int, customers: int) -> tuple[PgCluster, subprocess.Popen]:
-    cluster = PgCluster(root / "pgdata", free_port())
-    cluster.init()
-    cluster.start()
-    for db in ("serving", "mlflow"):
-        cluster.create_database(db)
-    os.environ["DATABASE_URL"] = cluster.url("serving")
-    port = free_port()
-    mlflow = start_mlflow(cluster.url("mlflow", "postgresql+psycopg"), root / "mlartifacts", port, root / "mlflow.log")
-    os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
-    from scoring.demo_data import seed_history
-    from scoring.migrate import apply_migrations
-
-    apply_migrations(cluster.url("serving"))
-    end = dt.date.today() - dt.timedelta(days=1)
-    seed_history(end, days, customers, url=cluster.url("serving"))
-    return cluster, mlflow
+def start_stack(platform: Platform, days: int, customers: int) -> None:
+    """PostgreSQL (migrated) and MLflow of the bench's own, pointed at by DATABASE_URL / MLFLOW_TRACKING_URI,
+    with `days` of demo features ending yesterday."""
+    platform.database()
+    platform.mlflow()
+    platform.features(dt.date.today() - dt.timedelta(days=1), days, customers)
 
 
 def ensure_model_and_predictions(spec, day: dt.date | None) -> tuple[str, dt.date, int]:
@@ -157,15 +146,9 @@ def ensure_model_and_predictions(spec, day: dt.date | None) -> tuple[str, dt.dat
         try:
             version = resolve_version(spec.name)
         except RegistryError:
-            from scoring.training import train_and_register
-
             # The gate's latency check runs on this busy machine; the benchmark needs a version either way.
-            result = train_and_register(spec, conn, day + dt.timedelta(days=1))
-            version = result.version
-            if not result.decision.promoted:
-                from scoring.registry import client
-
-                client().set_registered_model_alias(spec.name, "champion", version)
+            version = train_champion(spec, os.environ["DATABASE_URL"], day + dt.timedelta(days=1),
+                                     force=True).version
         done = conn.execute("SELECT count(*) FROM ops.batch_runs WHERE model_name = %s AND status = 'success' "
                             "AND prediction_date = %s", (spec.name, day)).fetchone()[0]
         n_ids = conn.execute("SELECT count(*) FROM features.customer_daily WHERE snapshot_date = %s",
@@ -208,12 +191,6 @@ def wait_workers_loaded(base: str, workers: int, version: str, timeout: float = 
         time.sleep(0.5)
 
 
-def gunicorn(app: str, port: int, logdir: Path, env: dict[str, str]) -> subprocess.Popen:
-    from serving.run import start_gunicorn
-
-    return start_gunicorn(MODEL, port, logdir / f"gunicorn-{port}.log", app=app, env=env)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "15")),
@@ -228,20 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     wrk = ensure_wrk()
-    root = Path(tempfile.mkdtemp(prefix="bench-online-"))
-    os.chmod(root, 0o755)
-    procs: list[subprocess.Popen] = []
-    cluster = None
-    mlflow_proc: subprocess.Popen | None = None
+    platform = Platform("bench-online-", databases=("serving", "mlflow"))
+    root = platform.root
+    procs: list[subprocess.Popen] = []  # besides the platform's own (stopped by platform.close())
+    own_stack = not (args.database_url and args.tracking_uri)
     try:
-        if args.database_url and args.tracking_uri:
+        if not own_stack:
             os.environ["DATABASE_URL"] = args.database_url
             os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
         else:
             print(f"starting PostgreSQL + MLflow under {root}; seeding {args.days} days x {args.customers} "
                   f"customers ...", flush=True)
-            cluster, mlflow_proc = start_stack(root, args.days, args.customers)
-            procs.append(mlflow_proc)
+            start_stack(platform, args.days, args.customers)
         from scoring.spec import load_spec
 
         spec = load_spec(MODEL)
@@ -268,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         # targets under similar noise instead of whatever happened to run during a busy moment.
         targets: list[tuple[str, str, str]] = []  # (name, url, lua script)
         port = free_port()
-        procs.append(gunicorn("serving.reference_apps:hello()", port, root, env))
+        platform.gunicorn(MODEL, port, "testing.reference_apps:hello()", env)
         check_ok("GET", f"http://127.0.0.1:{port}/hello")
         targets.append(("ceiling", f"http://127.0.0.1:{port}/hello", 'wrk.method = "GET"\n' + _DONE))
 
@@ -286,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(("mlflow", f"http://127.0.0.1:{port}", lua_post("/invocations", inv_bodies)))
 
         port = free_port()
-        app = gunicorn("serving.app:create_app()", port, root, env)
-        procs.append(app)
+        app = platform.gunicorn(MODEL, port, "serving.app:create_app()", env)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz", 60, app, "serving app ready")
         wait_workers_loaded(base, int(os.environ.get("SERVING_WORKERS", "2")), version)
@@ -305,16 +279,15 @@ def main(argv: list[str] | None = None) -> int:
         load_booster(MODEL, version).save_model(model_file)
         for name, factory in (("floor-flask", "floor_flask()"), ("floor-wsgi", "floor_wsgi()")):
             port = free_port()
-            procs.append(gunicorn(f"serving.reference_apps:{factory}", port, root,
-                                  {**env, "REFERENCE_MODEL_FILE": str(model_file)}))
+            platform.gunicorn(MODEL, port, f"testing.reference_apps:{factory}",
+                              {**env, "REFERENCE_MODEL_FILE": str(model_file)})
             check_ok("POST", f"http://127.0.0.1:{port}/predict", live_bodies[0])
             targets.append((name, f"http://127.0.0.1:{port}", lua_post("/predict", live_bodies)))
 
-        if mlflow_proc is not None:
+        if own_stack:
             # Every target has its model in memory now; the registry is on no request path. Our own tracking
             # server (and its background job consumers) would only compete for the 2 cores during the runs.
-            stop_process(mlflow_proc)
-            procs.remove(mlflow_proc)
+            platform.stop_mlflow()
         results: dict[str, Result] = {}
         all_errors: dict[str, int] = {}
         for rnd in range(1, args.rounds + 1):
@@ -357,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in procs:
             stop_process(proc)
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+        platform.close()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Reference apps for the online benchmark (bench/online.py), run under the same gunicorn settings as the platform.
+"""Reference apps for the online benchmark (bench/online.py), run under the same gunicorn settings as the platform
+(`gunicorn ... 'testing.reference_apps:hello()'`; not shipped).
 
   hello()        bare Flask "hello": the ceiling of any Flask app here.
   floor_flask()  the shared scorer behind the thinnest Flask route (JSON records in, scores out; no limits, auth,

@@ -1,9 +1,15 @@
-"""Start one model's gunicorn as a subprocess (used by the tests and the benchmark; `make up` has its own)."""
+"""Platform processes as children of a test or bench: one model's gunicorn and async queue workers (`make up`
+has its own, tracked by PID files)."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
+import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from stack.services import VENV_BIN, ServiceError, stop_process, wait_http
@@ -26,3 +32,51 @@ def start_gunicorn(model: str, port: int, log_path: Path, env: dict[str, str] | 
         stop_process(proc)
         raise ServiceError(f"{exc}; see {log_path}:\n{log_path.read_text()[-3000:]}") from exc
     return proc
+
+
+class AsyncWorker:
+    """`python -m serving.worker` for `model` (settings from this process's environment plus `env`), its
+    output in `log_path`."""
+
+    def __init__(self, model: str, log_path: Path, env: Mapping[str, str] | None = None,
+                 module: str = "serving.worker") -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
+                                     env={**os.environ, "SERVING_MODEL": model, **(env or {})},
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.worker_id: str | None = None
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90) -> str:
+        """The worker's id, once it has loaded its model and listens for jobs."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            match = re.search(r"worker (\S+) ready: model", self.text())
+            if match:
+                self.worker_id = match.group(1)
+                return self.worker_id
+            if self.proc.poll() is not None:
+                raise ServiceError(f"worker exited early (code {self.proc.returncode}):\n{self.text()[-3000:]}")
+            time.sleep(0.05)
+        raise ServiceError(f"worker not ready after {timeout}s:\n{self.text()[-3000:]}")
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM (the worker finishes the batch in hand), SIGKILL after `timeout`; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()

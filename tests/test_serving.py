@@ -24,9 +24,9 @@ from scoring.batch import run_batch
 from scoring.db import connect
 from scoring.encoding import encode
 from scoring.store import ensure_day_partition
-from serving.run import start_gunicorn
 from stack.pg import free_port
 from stack.services import VENV_BIN, stop_process, wait_http
+from testing.servers import start_gunicorn
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from mlflow import MlflowClient
 
 from scoring.db import connect
 from scoring.training import train_and_register
-from serving.run import start_gunicorn
 from stack.pg import free_port
 from stack.services import stop_process
+from testing.servers import start_gunicorn
 
 pytestmark = pytest.mark.integration
 
