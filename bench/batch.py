@@ -1,9 +1,9 @@
 """Batch scoring benchmark (`make bench-batch`, `--rows` default 1,000,000): the platform's batch path against
 the usual script and a minimal hand-written pipeline, side by side in one run.
 
-It starts its own PostgreSQL cluster (unless DATABASE_URL is given), a file-backed MLflow registry with a freshly
-trained churn model aliased `champion`, writes N feature rows for one day, then times, each in a fresh process
-(so that peak RSS is per pipeline; model loading and imports are not timed):
+It starts its own PostgreSQL cluster (testing/platform.py; unless DATABASE_URL is given), a file-backed MLflow
+registry with a freshly trained churn model aliased `champion`, writes N feature rows for one day, then times,
+each in a fresh process (so that peak RSS is per pipeline; model loading and imports are not timed):
 
 1. naive:     pandas.read_sql -> XGBClassifier.predict_proba -> DataFrame.to_sql (SQLAlchemy), on at most
               --naive-rows rows (it needs ~2.7 GB per million rows); compared by rows/s;
@@ -25,10 +25,8 @@ import io
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -285,23 +283,16 @@ def main() -> int:
         return child(args)
 
     from scoring.migrate import apply_migrations
-    from stack.pg import PgCluster, free_port
+    from testing.platform import Platform
 
-    root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
-    os.chmod(root, 0o755)  # the PostgreSQL server runs as the postgres user
-    cluster = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        cluster = PgCluster(root / "pgdata", free_port())
-        cluster.init()
-        cluster.start()
-        cluster.create_database("bench")
-        url = cluster.url("bench")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    spec = load_spec(MODEL)
-    naive_rows = min(args.naive_rows, args.rows)
+    platform = Platform("bench-batch-", databases=("bench",))  # its PostgreSQL starts only without DATABASE_URL
+    root = platform.root
     try:
+        url = os.environ.get("DATABASE_URL") or platform.database("bench")
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+        os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+        spec = load_spec(MODEL)
+        naive_rows = min(args.naive_rows, args.rows)
         apply_migrations(url)
         say(f"PostgreSQL at {url}; writing {args.rows:,} feature rows for {DAY} ...")
         write_features(url, args.rows)
@@ -315,9 +306,7 @@ def main() -> int:
             results[name] = run_child(name, url, args.rows)
         check_outputs(url, args.rows, naive_rows)
     finally:
-        if cluster is not None:
-            cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+        platform.close()
 
     plat = results["platform"]
     print()
