@@ -20,6 +20,12 @@ venv: $(VENV)/.installed
 test: venv
 	$(VENV)/bin/pytest -q
 
+# The fast lane: every test that needs no service (no PostgreSQL, MLflow, gunicorn or Airflow run is started);
+# tests using a service fixture are marked `services` by tests/conftest.py.
+.PHONY: test-fast
+test-fast: venv
+	$(VENV)/bin/pytest -q -m "not services"
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
