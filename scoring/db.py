@@ -1,16 +1,16 @@
-"""PostgreSQL connections for the core (psycopg 3). The URL comes from DATABASE_URL."""
+"""PostgreSQL connections for the core (psycopg 3). The URL comes from DATABASE_URL (scoring/settings.py)."""
 
 from __future__ import annotations
 
-import os
-
 import psycopg
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:55432/serving"
+from scoring.settings import REGISTRY, read
+
+DEFAULT_URL: str = REGISTRY["DATABASE_URL"].default  # the local stack's serving database
 
 
 def database_url() -> str:
-    return os.environ.get("DATABASE_URL", DEFAULT_URL)
+    return read("DATABASE_URL")
 
 
 def connect(url: str | None = None, **kwargs) -> psycopg.Connection:

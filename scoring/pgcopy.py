@@ -21,6 +21,8 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from scoring.settings import read
+
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 HEADER = SIGNATURE + struct.pack(">ii", 0, 0)  # flags 0 (no OIDs), no header extension
 TRAILER = struct.pack(">h", -1)
@@ -56,9 +58,10 @@ _F_SETPIPE_SZ = 1031  # Linux fcntl: grow the pipe so psql can read ahead while 
 
 def psql_binary() -> str | None:
     """The psql client used for COPY TO (PSQL_BIN, else PATH); SCORING_COPY_READER=psycopg disables it."""
-    if os.environ.get("SCORING_COPY_READER", "").lower() == "psycopg":
+    if read("SCORING_COPY_READER") == "psycopg":
         return None
-    return os.environ.get("PSQL_BIN") or shutil.which("psql")
+    psql = read("PSQL_BIN")
+    return str(psql) if psql else shutil.which("psql")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ as an import error of the generated DAG file instead of crashing the DAG process
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 from croniter import croniter
+
+from scoring.settings import read
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC_FILE = REPO_ROOT / "models.yaml"
@@ -360,7 +361,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _n
 
 
 def spec_file() -> Path:
-    return Path(os.environ.get("MODELS_FILE", DEFAULT_SPEC_FILE))
+    return read("MODELS_FILE") or DEFAULT_SPEC_FILE
 
 
 def load_specs(path: str | Path | None = None) -> dict[str, ModelSpec]:

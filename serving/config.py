@@ -1,66 +1,90 @@
-"""Serving settings from the environment (one deployment per model: SERVING_MODEL names it)."""
+"""Serving settings from the environment (one deployment per model: SERVING_MODEL names it).
+
+Names, defaults and checks are declared once in scoring/settings.py; these dataclasses only pick their fields.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from scoring.settings import SettingsError, load, read, setting
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """An environment setting is missing or malformed; the message names the variable."""
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
 @dataclass(frozen=True)
 class Settings:
-    model: str
-    model_ref: str = "champion"
-    poll_interval_s: float = 10.0  # how often each worker checks the alias
-    api_token: str | None = None  # bearer token for prediction routes; None = open
-    max_body_bytes: int = 1_048_576
-    max_rows: int = 1_000
-    booster_threads: int = 1  # one thread per booster: gunicorn workers already use the cores
-    db_pool_min: int = 1
-    db_pool_max: int = 4
-    db_timeout_s: float = 2.0  # pool wait / connect timeout: a down DB answers 503 fast
-    latest_ttl_s: float = 2.0  # cache of the latest complete prediction date
-    database_url: str | None = None
+    """The Flask app's (and the async worker's) settings."""
+
+    model: str = setting("SERVING_MODEL")
+    model_ref: str = setting("SERVING_MODEL_REF")
+    poll_interval_s: float = setting("SERVING_POLL_INTERVAL_S")  # how often each worker checks the alias
+    api_token: str | None = setting("SERVING_API_TOKEN")  # bearer token for prediction routes; None = open
+    max_body_bytes: int = setting("SERVING_MAX_BODY_BYTES")
+    max_rows: int = setting("SERVING_MAX_ROWS")
+    job_max_records: int = setting("SERVING_JOB_MAX_RECORDS")
+    booster_threads: int = setting("SERVING_BOOSTER_THREADS")  # gunicorn workers already use the cores
+    db_pool_min: int = setting("SERVING_DB_POOL_MIN")
+    db_pool_max: int = setting("SERVING_DB_POOL_MAX")
+    db_timeout_s: float = setting("SERVING_DB_TIMEOUT_S")  # pool wait / connect timeout: a down DB answers 503 fast
+    latest_ttl_s: float = setting("SERVING_LATEST_TTL_S")  # cache of the latest complete prediction date
+    database_url: str = setting("DATABASE_URL")
 
     @classmethod
-    def from_env(cls, model: str | None = None) -> Settings:
-        name = model or os.environ.get("SERVING_MODEL", "")
-        if not name:
+    def from_env(cls, model: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        given = {"model": model} if model else {}
+        settings = load(cls, env, **given)
+        if not settings.model:
             raise ConfigError("SERVING_MODEL is not set: name the model (from models.yaml) this deployment serves")
-        return cls(
-            model=name,
-            model_ref=os.environ.get("SERVING_MODEL_REF", "champion"),
-            poll_interval_s=_env_float("SERVING_POLL_INTERVAL_S", 10.0),
-            api_token=os.environ.get("SERVING_API_TOKEN") or None,
-            max_body_bytes=_env_int("SERVING_MAX_BODY_BYTES", 1_048_576),
-            max_rows=_env_int("SERVING_MAX_ROWS", 1_000),
-            booster_threads=_env_int("SERVING_BOOSTER_THREADS", 1),
-            db_pool_min=_env_int("SERVING_DB_POOL_MIN", 1),
-            db_pool_max=_env_int("SERVING_DB_POOL_MAX", 4),
-            db_timeout_s=_env_float("SERVING_DB_TIMEOUT_S", 2.0),
-            latest_ttl_s=_env_float("SERVING_LATEST_TTL_S", 2.0),
-            database_url=os.environ.get("DATABASE_URL") or None,
-        )
+        if settings.db_pool_min > settings.db_pool_max:
+            raise ConfigError(f"SERVING_DB_POOL_MIN={settings.db_pool_min} is above "
+                              f"SERVING_DB_POOL_MAX={settings.db_pool_max}")
+        return settings
+
+
+ServingSettings = Settings
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    """Deprecated (kept for callers not yet on the registry): the registry's typed value; `default` is ignored."""
+    return read(name)
+
+
+_env_float = _env_int
+
+
+@dataclass(frozen=True)
+class GunicornSettings:
+    """What serving/gunicorn.conf.py hands to gunicorn."""
+
+    model: str | None = setting("SERVING_MODEL")
+    bind: str = setting("SERVING_BIND")
+    workers: int = setting("SERVING_WORKERS")
+    threads: int = setting("SERVING_THREADS")
+    worker_class: str | None = setting("SERVING_WORKER_CLASS")  # None: gthread when threads > 1, else sync
+    timeout_s: int = setting("SERVING_TIMEOUT_S")
+    graceful_timeout_s: int = setting("SERVING_GRACEFUL_TIMEOUT_S")
+    keepalive_s: int = setting("SERVING_KEEPALIVE_S")
+    backlog: int = setting("SERVING_BACKLOG")
+    limit_request_line: int = setting("SERVING_LIMIT_REQUEST_LINE")
+    limit_request_fields: int = setting("SERVING_LIMIT_REQUEST_FIELDS")
+    limit_request_field_size: int = setting("SERVING_LIMIT_REQUEST_FIELD_SIZE")
+    max_requests: int = setting("SERVING_MAX_REQUESTS")
+    log_level: str = setting("SERVING_LOG_LEVEL")
+    access_log: str = setting("SERVING_ACCESS_LOG")  # "" = off
+    metrics_dir: Path | None = setting("PROMETHEUS_MULTIPROC_DIR")
+    mlflow_max_retries: int = setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    mlflow_backoff_factor: int = setting("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+    mlflow_timeout_s: int = setting("MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GunicornSettings:
+        return load(cls, env)
+
+    @property
+    def effective_worker_class(self) -> str:
+        return self.worker_class or ("gthread" if self.threads > 1 else "sync")

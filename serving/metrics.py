@@ -7,8 +7,6 @@ the default single-process registry is used.
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -18,6 +16,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from scoring import settings
 
 REQUESTS = Counter("serving_requests_total", "HTTP requests by route template and status",
                    ["model", "route", "method", "status"])
@@ -34,7 +34,7 @@ REFUSED = Counter("serving_model_refused_total", "Model versions refused (failed
 
 
 def render() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if settings.read("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()

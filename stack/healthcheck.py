@@ -8,11 +8,12 @@ Exit 0 when healthy, 1 (with the reason on stderr) when not.
 
 from __future__ import annotations
 
-import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from scoring.settings import read
 
 
 def check_http(url: str) -> str | None:
@@ -34,8 +35,8 @@ def check_worker() -> str | None:
     import psycopg
 
     try:
-        psycopg.connect(os.environ["DATABASE_URL"], connect_timeout=3).close()
-    except (KeyError, psycopg.Error) as exc:
+        psycopg.connect(read("DATABASE_URL"), connect_timeout=3).close()
+    except (ValueError, psycopg.Error) as exc:  # ValueError: a malformed DATABASE_URL (SettingsError)
         return f"queue database unreachable: {exc}"
     return None
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psycopg
 
+from scoring.settings import read
+
 
 class PgError(RuntimeError):
     pass
@@ -23,8 +25,9 @@ class PgError(RuntimeError):
 
 def pg_bindir() -> Path:
     """Where initdb/pg_ctl live: PG_BINDIR, else `pg_config --bindir`, else PATH."""
-    if os.environ.get("PG_BINDIR"):
-        return Path(os.environ["PG_BINDIR"])
+    bindir = read("PG_BINDIR")
+    if bindir:
+        return bindir
     pg_config = shutil.which("pg_config")
     if pg_config:
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
@@ -99,7 +102,7 @@ class PgCluster:
             return
         if port_in_use(self.port, self.host):
             raise PgError(f"port {self.port} is already taken; cannot start PostgreSQL there "
-                          f"(set PGPORT_LOCAL to another port)")
+                          f"(set STACK_PG_PORT to another port)")
         self.logfile.touch()
         self._own(self.logfile)
         opts = (f"-p {self.port} -c listen_addresses={self.host} -c unix_socket_directories=/tmp "
