@@ -34,7 +34,7 @@ BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 COMPONENTS = ("core", "serving", "gunicorn", "worker", "batch", "airflow", "mlflow", "stack", "compose", "bench")
 KINDS = ("str", "int", "float", "bool", "port", "path", "url", "bind", "choice", "list")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-STACK_COMPONENTS = ("postgres", "mlflow", "airflow", "serving", "worker")
+STACK_COMPONENTS = ("postgres", "mlflow", "airflow", "serving", "worker", "gateway")
 
 
 class SettingsError(ValueError):
@@ -233,7 +233,17 @@ _VARS: tuple[Var, ...] = (
     _v("STACK_MLFLOW_PORT", "port", None, "MLflow tracking server.", ("stack",), group=_STACK,
        default_doc="`MLFLOW_PORT` in `mlflow/server.env` (5000)"),
     _v("STACK_AIRFLOW_PORT", "port", "8080", "Airflow api-server.", ("stack",), group=_STACK),
-    _v("STACK_SERVING_PORT", "port", "8000", "First model's gunicorn; the next model gets the next port.",
+    _v("STACK_SERVING_PORT", "port", "8000", "The gateway (nginx): the one entry point for every model.",
+       ("stack",), group=_STACK),
+    _v("STACK_REPLICA_PORT", "port", None,
+       "First serving replica (loopback only); one port per model and replica, in models.yaml order.",
+       ("stack",), group=_STACK, default_doc="STACK_SERVING_PORT + 100"),
+    _v("STACK_SERVING_REPLICAS", "int", "2", "gunicorn replicas per model behind the gateway.", ("stack",),
+       group=_STACK, low=1, high=32),
+    _v("STACK_EXECUTOR", "choice", "local",
+       "Airflow's executor: `local` (LocalExecutor) or `celery` (Redis and two Celery workers).", ("stack",),
+       group=_STACK, choices=("local", "celery")),
+    _v("STACK_REDIS_PORT", "port", "56379", "The Celery broker's redis-server (STACK_EXECUTOR=celery).",
        ("stack",), group=_STACK),
     _v("STACK_COMPONENTS", "list", ",".join(STACK_COMPONENTS), "Which services `make up` runs (comma list).",
        ("stack",), group=_STACK, choices=STACK_COMPONENTS),
