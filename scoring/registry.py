@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"  # scored in shadow beside the champion (set by the gate or by hand)
 _CONNECTION_FAILURES = ("Max retries exceeded", "Failed to establish a new connection", "Connection refused")
 
 
