@@ -43,6 +43,12 @@ status: venv
 demo: up
 	$(PY) -m stack.demo
 
+# Regenerate the README's settings table and .env.example from the registry in scoring/settings.py
+# (tests/test_settings.py fails when they drift from it).
+.PHONY: settings
+settings: venv
+	$(PY) -m scoring.settings --write
+
 # Async queue benchmark: its own PostgreSQL, MLflow, gunicorn and workers; BENCH_JOBS=20000 single-row jobs.
 .PHONY: bench-async
 bench-async: venv

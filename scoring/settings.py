@@ -103,18 +103,19 @@ _VARS: tuple[Var, ...] = (
        default_doc="MLflow's own (`./mlruns`)"),
     _v("GIT_PYTHON_REFRESH", "str", None,
        "Silences GitPython's warning when no `git` is installed (MLflow imports it). Set to `quiet` by "
-       "`make up`, the Dockerfile and the benches.", ("stack", "bench"), group=_CORE, third_party="GitPython"),
+       "`make up`, the Dockerfile and the benches.", ("stack", "bench"), group=_CORE, third_party="GitPython",
+       default_doc="unset"),
     # --- online serving: the app
     _v("SERVING_MODEL", "str", None,
        "The model (from models.yaml) this deployment serves; required by the app and the worker.",
-       ("serving", "gunicorn", "worker"), group=_SERVING),
+       ("serving", "gunicorn", "worker"), group=_SERVING, default_doc="required"),
     _v("SERVING_MODEL_REF", "str", "champion", "Registry alias served (hot-reloaded when it moves).",
        ("serving", "worker"), group=_SERVING),
     _v("SERVING_POLL_INTERVAL_S", "float", "10", "Seconds between each process's checks of the alias.",
        ("serving", "worker"), group=_SERVING, positive=True),
     _v("SERVING_API_TOKEN", "str", None,
        "Bearer token required on prediction routes (unset = open; health and metrics stay open).",
-       ("serving", "compose"), group=_SERVING, secret=True, dotenv=True),
+       ("serving", "compose"), group=_SERVING, secret=True, dotenv=True, default_doc="unset (open)"),
     _v("SERVING_MAX_BODY_BYTES", "int", "1048576", "Largest request body (413 above).", ("serving",),
        group=_SERVING, low=1),
     _v("SERVING_MAX_ROWS", "int", "1000", "Most records in one synchronous request (413 above).", ("serving",),
@@ -224,6 +225,14 @@ _VARS: tuple[Var, ...] = (
           ("AIRFLOW__API__BASE_URL", "The api-server's own URL.", False, False),
           ("AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "The scheduler's health endpoint (container healthcheck).",
            True, False),
+          ("AIRFLOW__CORE__HOSTNAME_CALLABLE", "STACK_EXECUTOR=celery: how a Celery worker names itself.", False,
+           False),
+          ("AIRFLOW__CELERY__BROKER_URL", "STACK_EXECUTOR=celery: the Redis broker.", False, False),
+          ("AIRFLOW__CELERY__RESULT_BACKEND", "STACK_EXECUTOR=celery: task states, in Airflow's database.", False,
+           False),
+          ("AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER", "STACK_EXECUTOR=celery: 1.", False, False),
+          ("AIRFLOW__CELERY__WORKER_CONCURRENCY", "STACK_EXECUTOR=celery: tasks per Celery worker (1).", False,
+           False),
       )),
     # --- local stack
     _v("STACK_HOME", "path", None, "State folder: pgdata, logs, PID files, Airflow home, MLflow artifacts.",
@@ -245,6 +254,8 @@ _VARS: tuple[Var, ...] = (
        group=_STACK, choices=("local", "celery")),
     _v("STACK_REDIS_PORT", "port", "56379", "The Celery broker's redis-server (STACK_EXECUTOR=celery).",
        ("stack",), group=_STACK),
+    _v("STACK_CELERY_HOSTNAME", "str", None, "Set by `make up` for each Celery worker: its Celery node name.",
+       ("stack", "airflow"), group=_STACK, default_doc="the host's name"),
     _v("STACK_COMPONENTS", "list", ",".join(STACK_COMPONENTS), "Which services `make up` runs (comma list).",
        ("stack",), group=_STACK, choices=STACK_COMPONENTS),
     _v("STACK_ADMIN_PASSWORD", "str", "admin", "The local Airflow login's password (user `admin`).",
@@ -310,10 +321,10 @@ def _number(var: Var, raw: str, value: float, what: str) -> None:
         raise _fail(var, raw, f"must be {what} in [{var.low or 0:g}, {var.high:g}]")
 
 
-def _port(var: Var, raw: str) -> int:
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+def _port(var: Var, raw: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
         raise _fail(var, raw, "must be a TCP port number (1-65535)")
-    return int(raw)
+    return int(text)
 
 
 def parse(var: Var, raw: str) -> Any:
@@ -344,7 +355,7 @@ def parse(var: Var, raw: str) -> Any:
             return False
         raise _fail(var, raw, "must be true or false")
     if kind == "port":
-        return _port(var, text)
+        return _port(var, raw, text)
     if kind == "path":
         return Path(text).expanduser()
     if kind == "url":
@@ -360,7 +371,7 @@ def parse(var: Var, raw: str) -> Any:
         host, sep, port = text.rpartition(":")
         if not sep:
             raise _fail(var, raw, "must be host:port or unix:/path")
-        _port(var, port)
+        _port(var, raw, port)
         return text
     if kind == "choice":
         for choice in var.choices:
