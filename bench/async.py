@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from scoring.demo_data import generate_day  # noqa: E402
 from scoring.migrate import apply_migrations  # noqa: E402
 from scoring.scorer import Scorer  # noqa: E402
+from scoring.settings import read  # noqa: E402
 from scoring.spec import load_spec  # noqa: E402
 from stack.pg import free_port  # noqa: E402
 from stack.services import ServiceError, wait_http  # noqa: E402
@@ -288,8 +289,8 @@ def queue_empty(conn: psycopg.Connection) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=int(os.environ.get("BENCH_JOBS", "20000")))
-    parser.add_argument("--live-requests", type=int, default=int(os.environ.get("BENCH_LIVE_REQUESTS", "5000")))
+    parser.add_argument("--jobs", type=int, default=read("BENCH_JOBS"))
+    parser.add_argument("--live-requests", type=int, default=read("BENCH_LIVE_REQUESTS"))
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--wrk-seconds", type=int, default=15, help="live-rate run with wrk, when installed")
     parser.add_argument("--batch-size", type=int, default=256, help="WORKER_BATCH_SIZE")

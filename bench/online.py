@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scoring.settings import read  # noqa: E402
 from stack.pg import free_port  # noqa: E402
 from stack.services import VENV_BIN, stop_process, wait_http  # noqa: E402
 from testing.platform import Platform, train_champion  # noqa: E402
@@ -193,14 +194,14 @@ def wait_workers_loaded(base: str, workers: int, version: str, timeout: float = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "15")),
-                        help="seconds per wrk run (default 15)")
+    parser.add_argument("--duration", type=int, default=read("BENCH_DURATION"),
+                        help="seconds per wrk run (default %(default)s, BENCH_DURATION)")
     parser.add_argument("--database-url", help="use this serving database instead of starting PostgreSQL")
     parser.add_argument("--tracking-uri", help="use this MLflow server instead of starting one")
     parser.add_argument("--days", type=int, default=30, help="feature history to seed (own stack only)")
     parser.add_argument("--customers", type=int, default=20_000, help="customers per day (own stack only)")
-    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "2")),
-                        help="round-robin rounds over the targets; each keeps its best run (default 2)")
+    parser.add_argument("--rounds", type=int, default=read("BENCH_ROUNDS"),
+                        help="round-robin rounds over the targets; each keeps its best run (default %(default)s, BENCH_ROUNDS)")
     parser.add_argument("--skip-mlflow-serve", action="store_true", help="do not run the mlflow models serve peer")
     args = parser.parse_args(argv)
 
@@ -236,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                "SERVING_ACCESS_LOG": str(root / "access.log"),
                "SERVING_POLL_INTERVAL_S": os.environ.get("SERVING_POLL_INTERVAL_S", "3600")}
         settings = {k: v for k, v in os.environ.items() if k.startswith("SERVING_")}
-        print(f"gunicorn settings: workers={os.environ.get('SERVING_WORKERS', '2')} "
-              f"threads={os.environ.get('SERVING_THREADS', '1')} {settings or ''}", flush=True)
+        print(f"gunicorn settings: workers={read('SERVING_WORKERS')} "
+              f"threads={read('SERVING_THREADS')} {settings or ''}", flush=True)
         # All servers are started first and stay up (idle ones cost nothing); the wrk runs then go round-robin
         # for --rounds rounds and each target keeps its best run: on a shared machine this compares the
         # targets under similar noise instead of whatever happened to run during a busy moment.
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         app = platform.gunicorn(MODEL, port, "serving.app:create_app()", env)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz", 60, app, "serving app ready")
-        wait_workers_loaded(base, int(os.environ.get("SERVING_WORKERS", "2")), version)
+        wait_workers_loaded(base, read("SERVING_WORKERS"), version)
         predict = f"/v1/models/{MODEL}/predict"
         prefix = f"/v1/models/{MODEL}/predictions/"
         check_ok("POST", base + predict, live_bodies[0])
