@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=30, help="feature history to seed (own stack only)")
     parser.add_argument("--customers", type=int, default=20_000, help="customers per day (own stack only)")
     parser.add_argument("--rounds", type=int, default=read("BENCH_ROUNDS"),
-                        help="round-robin rounds over the targets; each keeps its best run (default %(default)s, BENCH_ROUNDS)")
+                        help="round-robin rounds over the targets; each keeps its best run "
+                             "(default %(default)s, BENCH_ROUNDS)")
     parser.add_argument("--skip-mlflow-serve", action="store_true", help="do not run the mlflow models serve peer")
     args = parser.parse_args(argv)
 
