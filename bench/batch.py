@@ -128,14 +128,14 @@ def naive(url: str, spec: ModelSpec, rows: int) -> dict[str, Any]:
 
 def reference(url: str, spec: ModelSpec, rows: int) -> dict[str, Any]:
     """Binary COPY out -> inplace_predict -> binary COPY in, nothing else (no validation, staging, bookkeeping)."""
-    from scoring import batch
+    from scoring import batch, batch_sql
     from scoring.pgcopy import HEADER, TRAILER, prediction_rows, read_fixed_rows
     from scoring.registry import load_booster, resolve_version
 
     booster = load_booster(spec.name, resolve_version(spec.name))
     with psycopg.connect(url) as conn, psycopg.connect(url) as out:
         types = batch.source_column_types(conn, spec)
-        query = batch.feature_copy_sql(spec, types, DAY)
+        query = batch_sql.feature_copy_sql(spec, types, DAY)
         out.execute("DROP TABLE IF EXISTS predictions.churn_ref")
         out.execute(sql.SQL("CREATE TABLE predictions.churn_ref (LIKE predictions.churn)"))
         out.execute(sql.SQL("ALTER TABLE predictions.churn_ref ALTER prediction_date SET DEFAULT {}, ALTER "

@@ -19,13 +19,14 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from scoring.scorer import Predictions
+if TYPE_CHECKING:  # the scorer (XGBoost, MLflow, pandas) stays out of the queue's import: the DAG parses fast
+    from scoring.scorer import Predictions
 
 TABLE = "ops.prediction_jobs"
 FINISHED = ("done", "failed", "cancelled")

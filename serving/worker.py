@@ -14,14 +14,14 @@ empty, sleep on LISTEN/NOTIFY (woken by submits) with a polling fallback. Run as
 
 Settings (env): SERVING_MODEL, SERVING_MODEL_REF, SERVING_POLL_INTERVAL_S, SERVING_BOOSTER_THREADS, DATABASE_URL
 (shared with the online app), WORKER_BATCH_SIZE (256 jobs), WORKER_MAX_BATCH_RECORDS (50000),
-WORKER_LEASE_S (30), WORKER_IDLE_POLL_S (2), WORKER_RETRY_BACKOFF_S (1),
-WORKER_TEST_FAULT (tests only: `poison:<feature>=<json value>` or `stall:<seconds>`).
+WORKER_LEASE_S (30), WORKER_IDLE_POLL_S (2), WORKER_RETRY_BACKOFF_S (1).
+
+Tests inject faults by handing in `wrap_scorer` (see testing/faulty_worker.py); nothing here reads a fault switch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ import psycopg
 
 from scoring import job_queue
 from scoring.db import database_url
-from scoring.scorer import Predictions, Scorer
+from scoring.scorer import Scorer
 from scoring.spec import load_spec
 from serving.config import ConfigError, Settings, _env_float, _env_int
 from serving.model_holder import ModelHolder
@@ -55,50 +56,27 @@ class WorkerSettings:
     idle_poll_s: float = 2.0  # polling fallback when no NOTIFY arrives
     retry_backoff_s: float = 1.0
     max_reconnect_backoff_s: float = 10.0
-    fault: str | None = None
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
         s = cls(batch_size=_env_int("WORKER_BATCH_SIZE", 256), lease_s=_env_float("WORKER_LEASE_S", 30.0),
                 max_batch_records=_env_int("WORKER_MAX_BATCH_RECORDS", 50_000),
                 idle_poll_s=_env_float("WORKER_IDLE_POLL_S", 2.0),
-                retry_backoff_s=_env_float("WORKER_RETRY_BACKOFF_S", 1.0),
-                fault=os.environ.get("WORKER_TEST_FAULT") or None)
+                retry_backoff_s=_env_float("WORKER_RETRY_BACKOFF_S", 1.0))
         if min(s.batch_size, s.max_batch_records, s.lease_s, s.idle_poll_s) <= 0 or s.retry_backoff_s < 0:
             raise ConfigError("WORKER_BATCH_SIZE, WORKER_MAX_BATCH_RECORDS, WORKER_LEASE_S and WORKER_IDLE_POLL_S "
                               "must be positive, WORKER_RETRY_BACKOFF_S not negative")
         return s
 
 
-class FaultyScorer:
-    """Test-only fault injection around the real scorer (WORKER_TEST_FAULT), so tests can make a job that passes
-    the door fail at scoring (`poison:tenure_months=-4242`) or make a worker hang holding leases (`stall:60`)."""
-
-    def __init__(self, scorer: Scorer, fault: str) -> None:
-        self.scorer = scorer
-        self.version = scorer.version
-        kind, _, arg = fault.partition(":")
-        self.stall_s = float(arg) if kind == "stall" else 0.0
-        self.poison: tuple[str, Any] | None = None
-        if kind == "poison":
-            feature, _, value = arg.partition("=")
-            self.poison = (feature, json.loads(value))
-        elif kind != "stall":
-            raise ConfigError(f"WORKER_TEST_FAULT must be 'poison:<feature>=<value>' or 'stall:<s>', got {fault!r}")
-
-    def score(self, data: Any) -> Predictions:
-        if self.stall_s:
-            time.sleep(self.stall_s)
-        if self.poison is not None:
-            feature, value = self.poison
-            if any(rec.get(feature) == value for rec in data):
-                raise RuntimeError(f"injected fault: poison record ({feature}={value!r})")
-        return self.scorer.score(data)
+ScorerWrapper = Callable[[Scorer], job_queue.JobScorer]
 
 
 class Worker:
-    def __init__(self, model: str, holder: ModelHolder, settings: WorkerSettings, url: str | None = None) -> None:
+    def __init__(self, model: str, holder: ModelHolder, settings: WorkerSettings, url: str | None = None, *,
+                 wrap_scorer: ScorerWrapper | None = None) -> None:
         self.model = model
+        self.wrap_scorer = wrap_scorer  # tests only: a fault in front of the real scorer
         self.holder = holder
         self.settings = settings
         self.url = url or database_url()
@@ -140,8 +118,8 @@ class Worker:
                 return
 
     # --- one step ---------------------------------------------------------------------------------------------
-    def _scorer(self, scorer: Scorer) -> Any:
-        return FaultyScorer(scorer, self.settings.fault) if self.settings.fault else scorer
+    def _scorer(self, scorer: Scorer) -> job_queue.JobScorer:
+        return self.wrap_scorer(scorer) if self.wrap_scorer is not None else scorer
 
     def _flush(self) -> None:
         if self._pending is None:
@@ -222,7 +200,7 @@ class Worker:
         self.stopping.set()
 
 
-def main() -> int:
+def main(wrap_scorer: ScorerWrapper | None = None) -> int:
     logging.basicConfig(level=os.environ.get("WORKER_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -234,7 +212,7 @@ def main() -> int:
         return 2
     holder = ModelHolder(spec, ref=settings.model_ref, poll_interval_s=settings.poll_interval_s,
                          threads=settings.booster_threads)
-    worker = Worker(spec.name, holder, worker_settings, settings.database_url)
+    worker = Worker(spec.name, holder, worker_settings, settings.database_url, wrap_scorer=wrap_scorer)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     holder.start()

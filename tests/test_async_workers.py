@@ -29,10 +29,10 @@ POISON = -4242  # tenure_months value the injected fault refuses at scoring (val
 
 
 class WorkerProc:
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], module: list[str]) -> None:
         self.log_path = log_path
         self.log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.worker"], cwd=REPO, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", *module], cwd=REPO, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.worker_id: str | None = None
 
@@ -61,11 +61,15 @@ class WorkerProc:
 def workers(tmp_path, db_url, mlflow_server, trained_models):
     started: list[WorkerProc] = []
 
-    def start(model: str = "churn", url: str = db_url, **settings: str | float) -> WorkerProc:
+    def start(model: str = "churn", url: str = db_url, fault: list[str] | None = None,
+              **settings: str | float) -> WorkerProc:
+        """The real worker process; with `fault` (e.g. ["--stall", "120"]) the same worker started through the
+        test-only launcher testing/faulty_worker.py, whose scorer is wrapped to stall or refuse poison records."""
         env = {**os.environ, "SERVING_MODEL": model, "DATABASE_URL": url, "WORKER_LEASE_S": "2",
                "WORKER_IDLE_POLL_S": "1", "WORKER_RETRY_BACKOFF_S": "0.1", "SERVING_POLL_INTERVAL_S": "60"}
         env.update({k.upper(): str(v) for k, v in settings.items()})
-        w = WorkerProc(tmp_path / f"worker{len(started)}.log", env)
+        module = ["testing.faulty_worker", *fault] if fault else ["serving.worker"]
+        w = WorkerProc(tmp_path / f"worker{len(started)}.log", env, module)
         started.append(w)
         return w
 
@@ -132,7 +136,7 @@ def test_two_workers_never_process_a_job_twice_and_match_the_scorer(workers, con
 
 def test_sigkilled_workers_jobs_are_finished_by_the_other(workers, conn, specs):
     spec = specs["churn"]
-    hung = workers(worker_test_fault="stall:120")  # claims, then hangs holding the leases
+    hung = workers(fault=["--stall", "120"])  # claims, then hangs holding the leases
     hung_id = hung.wait_ready()
     jobs = [[r] for r in features(spec, records(12, seed=5))]
     ids = submit_all(conn, "churn", jobs)
@@ -158,7 +162,7 @@ def test_sigkilled_workers_jobs_are_finished_by_the_other(workers, conn, specs):
 
 def test_poison_job_fails_after_retry_limit_and_batch_mates_succeed(workers, conn, specs):
     spec = specs["spend"]
-    w = workers(model="spend", worker_test_fault=f"poison:tenure_months={POISON}")
+    w = workers(model="spend", fault=["--poison", f"tenure_months={POISON}"])
     w.wait_ready()
     good = [[r] for r in features(spec, records(8, seed=3))]
     poison = [{**good[0][0], "tenure_months": POISON}]
@@ -177,7 +181,7 @@ def test_poison_job_fails_after_retry_limit_and_batch_mates_succeed(workers, con
 
 def test_sigterm_finishes_the_batch_in_hand_and_exits_zero(workers, conn, specs):
     spec = specs["churn"]
-    w = workers(worker_test_fault="stall:1.5")
+    w = workers(fault=["--stall", "1.5"])
     wid = w.wait_ready()
     ids = submit_all(conn, "churn", [[r] for r in features(spec, records(5, seed=8))])
     deadline = time.time() + 20

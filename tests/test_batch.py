@@ -8,6 +8,7 @@ that the online service's "latest successful date" stays the history's last day 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from scoring.db import connect
 from scoring.demo_data import TABLE, generate_day, write_day
 from scoring.registry import RegistryError
 from scoring.scorer import Scorer
+from testing.faults import STALL_MARKER
 
 REPO = Path(__file__).resolve().parent.parent
 PRIVATE_DAYS = [dt.date(2026, 12, 1), dt.date(2026, 12, 2)]  # after the history: created and removed here
@@ -122,14 +124,15 @@ def test_kill_mid_load_keeps_previous_predictions(specs, db_url, ready, mlflow_s
     spec, day = specs["churn"], ready - dt.timedelta(days=6)
     batch.run_batch(spec, day, "test_before_kill")
     before = stored(db_url, spec, day)
-    env = {**os.environ, batch.FAULT_ENV: "120", "DATABASE_URL": db_url, "MLFLOW_TRACKING_URI": mlflow_server}
-    proc = subprocess.Popen([sys.executable, "-m", "scoring.batch", "--model", "churn", "--date", str(day),
-                             "--run-id", "test_killed", "--chunk-rows", "300"],
+    env = {**os.environ, "DATABASE_URL": db_url, "MLFLOW_TRACKING_URI": mlflow_server}
+    # The real run with the champion's scorer wrapped to stall before its second chunk (test-only launcher).
+    proc = subprocess.Popen([sys.executable, "-m", "testing.faulty_batch", "--model", "churn", "--date", str(day),
+                             "--run-id", "test_killed", "--chunk-rows", "300", "--stall", "120"],
                             cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         deadline = time.time() + 120
         seen = ""
-        while batch.FAULT_MARKER not in seen:
+        while STALL_MARKER not in seen:
             line = proc.stderr.readline()
             assert line or proc.poll() is None, f"batch exited early: {seen}"
             seen += line
@@ -151,6 +154,22 @@ def test_kill_mid_load_keeps_previous_predictions(specs, db_url, ready, mlflow_s
     statuses = {r[0]: r[1] for r in runs(db_url, "churn", day)}
     assert statuses["test_killed"] == "failed" and statuses["test_after_kill"] == "success"
     assert not stage_tables(db_url)
+
+
+def test_cli_scores_one_day_and_reports_errors(specs, db_url, ready, mlflow_server):
+    """`python -m scoring.batch` runs the same steps in one process and answers with a JSON line, or an error."""
+    spec, day = specs["churn"], ready - dt.timedelta(days=8)
+    env = {**os.environ, "DATABASE_URL": db_url, "MLFLOW_TRACKING_URI": mlflow_server}
+    cli = [sys.executable, "-m", "scoring.batch", "--model", "churn"]
+    done = subprocess.run([*cli, "--date", str(day), "--run-id", "test_cli", "--chunk-rows", "700"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["rows_scored"] == len(stored(db_url, spec, day)) == 2_000 and report["rows_rejected"] == 0
+    assert set(stored(db_url, spec, day)["run_id"]) == {"test_cli"}
+    failed = subprocess.run([*cli, "--date", "2030-01-01"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert failed.returncode == 1 and "error: model 'churn': no feature rows" in failed.stderr
 
 
 def _corrupt(db_url: str, day: dt.date, column: str, value, keys: list[int]) -> None:

@@ -1,0 +1,44 @@
+"""The bodies of the `queue_maintenance` DAG's tasks: retention of finished async jobs and expired leases, over
+`scoring.job_queue` (imported inside the tasks, like the other task bodies, so that DAG parsing stays light)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import Param
+
+from airflow_tasks.hooks import serving_db_connection
+from scoring import settings
+
+log = logging.getLogger(__name__)
+
+
+def queue_params() -> dict[str, Param]:
+    """Run parameters of the maintenance DAG; the retention default comes from QUEUE_RETENTION_HOURS."""
+    return {"retention_hours": Param(settings.read("QUEUE_RETENTION_HOURS"), type="integer", minimum=0,
+                                     description="delete finished jobs older than this many hours")}
+
+
+def purge_finished_jobs(context: Mapping[str, Any]) -> int:
+    """Delete done, failed and cancelled jobs that finished more than `retention_hours` ago."""
+    from scoring import job_queue
+
+    hours = int(context["params"]["retention_hours"])
+    with serving_db_connection() as conn:
+        deleted = job_queue.purge_finished(conn, dt.timedelta(hours=hours))
+    log.info("deleted %d finished job(s) older than %dh", deleted, hours)
+    return deleted
+
+
+def reclaim_expired_leases() -> dict[str, int]:
+    """Put back jobs whose worker's lease expired while no worker was running to notice (or fail them when
+    they are out of attempts)."""
+    from scoring import job_queue
+
+    with serving_db_connection() as conn:
+        requeued, failed = job_queue.reclaim_expired(conn)
+    log.info("expired leases: %d job(s) requeued, %d out of attempts -> failed", requeued, failed)
+    return {"requeued": requeued, "failed": failed}

@@ -1,0 +1,198 @@
+"""The SQL of a batch run, built with psycopg.sql (identifiers quoted, values as literals): table names, the
+feature COPY query, the staging table's DDL, the partition swap and retention.
+
+No decisions here: `scoring.batch` says when each statement runs, in which transaction, and what a failure means.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+from psycopg import sql
+
+from scoring.spec import Feature, ModelSpec
+from scoring.store import partition_name, split_table
+
+NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
+TEXT_TYPES = {"text", "character varying", "character"}
+INTEGER_TYPES = {"smallint", "integer", "bigint"}
+SWAP_LOCK_TIMEOUT = "60s"
+
+
+def idle(conn: psycopg.Connection) -> None:
+    """End an implicit transaction left open by a read, so that `conn.transaction()` really commits
+    (inside an open transaction psycopg would only make a savepoint)."""
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+        conn.commit()
+
+
+def ident(qualified: str) -> sql.Identifier:
+    return sql.Identifier(*split_table(qualified))
+
+
+def staging_table_name(spec: ModelSpec, day: dt.date) -> str:
+    """predictions.churn + 2026-11-01 -> predictions.churn_stage_p20261101 (one per model and date)."""
+    schema, table = split_table(spec.prediction_table)
+    return f"{schema}.{table}_stage_p{day:%Y%m%d}"
+
+
+def lock_run(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -> None:
+    """Serialise prepare and swap of one (model, date) until the caller's transaction ends."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"batch:{spec.name}:{day}",))
+
+
+# ---------------------------------------------------------------------------------------------- reading features
+
+def column_types(conn: psycopg.Connection, table: str) -> dict[str, str]:
+    """{column: data type} of a table; empty when it does not exist."""
+    schema, name = split_table(table)
+    rows = conn.execute("SELECT column_name, data_type FROM information_schema.columns "
+                        "WHERE table_schema = %s AND table_name = %s", (schema, name)).fetchall()
+    return dict(rows)
+
+
+def has_feature_rows(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -> bool:
+    src = spec.source
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {d} = %s)").format(
+        t=ident(src.table), d=sql.Identifier(src.date_column)), (day,)).fetchone()[0]
+
+
+def shard_filter(spec: ModelSpec, shard: int, shards: int) -> sql.Composable:
+    """Rows of one shard: the entity key modulo the shard count (non-negative for negative keys too)."""
+    if shards == 1:
+        return sql.SQL("")
+    key = sql.Identifier(spec.source.entity_key)
+    return sql.SQL(" AND ((({key} % {n}) + {n}) % {n}) = {i}").format(key=key, n=sql.Literal(shards),
+                                                                     i=sql.Literal(shard))
+
+
+def _feature_expr(feature: Feature, column_type: str) -> sql.Composable:
+    col = sql.Identifier(feature.name)
+    if feature.type == "category" and column_type in TEXT_TYPES:
+        # spec code of the value; NULL stays missing (NaN); an unknown value becomes -1, which encode_columns
+        # rejects; the exact value and reason are re-read for rejected rows only.
+        # (a simple CASE costs the server ~20% less than array_position over a text[] per row)
+        whens = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}::float8").format(sql.Literal(c), sql.Literal(i))
+                                  for i, c in enumerate(feature.categories))
+        return sql.SQL("CASE {col}::text {whens} ELSE CASE WHEN {col} IS NULL THEN 'NaN'::float8 "
+                       "ELSE -1::float8 END END").format(col=col, whens=whens)
+    return sql.SQL("COALESCE({col}::float8, 'NaN'::float8)").format(col=col)
+
+
+def feature_copy_sql(spec: ModelSpec, types: dict[str, str], day: dt.date, shard: int = 0,
+                     shards: int = 1) -> sql.Composed:
+    """Binary COPY of (key, feature...) as fixed-width float8 rows: what `pgcopy.read_fixed_rows` parses."""
+    src = spec.source
+    return sql.SQL("COPY (SELECT {key}::bigint, {exprs} FROM {table} WHERE {date} = {day} AND {key} IS NOT NULL"
+                   "{shard}) TO STDOUT (FORMAT binary)").format(
+        key=sql.Identifier(src.entity_key),
+        exprs=sql.SQL(", ").join(_feature_expr(f, types[f.name]) for f in spec.features),
+        table=ident(src.table), date=sql.Identifier(src.date_column), day=sql.Literal(day),
+        shard=shard_filter(spec, shard, shards))
+
+
+def raw_rows_sql(spec: ModelSpec) -> sql.Composed:
+    """The source rows of some keys of a day, as stored (to explain rejects with the real values)."""
+    src = spec.source
+    return sql.SQL("SELECT * FROM {t} WHERE {d} = %s AND {k} = ANY(%s)").format(
+        t=ident(src.table), d=sql.Identifier(src.date_column), k=sql.Identifier(src.entity_key))
+
+
+# ---------------------------------------------------------------------------------------------- the staging table
+
+def create_staging(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date, run_id: str,
+                   version: str) -> None:
+    """(Re)create the empty staging table of a run, shaped like the prediction table."""
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(stage)))
+    conn.execute(sql.SQL("CREATE TABLE {stage} (LIKE {parent} INCLUDING DEFAULTS)").format(
+        stage=ident(stage), parent=ident(spec.prediction_table)))
+    # Shards COPY only (key, score, label); the per-run constants come from column defaults.
+    conn.execute(sql.SQL(
+        "ALTER TABLE {stage} ALTER prediction_date SET DEFAULT {day}, ALTER model_name SET DEFAULT {name}, "
+        "ALTER model_version SET DEFAULT {version}, ALTER run_id SET DEFAULT {run}, "
+        "ALTER scored_at SET DEFAULT now()").format(
+        stage=ident(stage), day=sql.Literal(day), name=sql.Literal(spec.name),
+        version=sql.Literal(int(version)), run=sql.Literal(run_id)))
+
+
+def drop_table(conn: psycopg.Connection, qualified: str) -> None:
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(qualified)))
+
+
+def prediction_copy_sql(spec: ModelSpec, stage: str) -> sql.Composed:
+    """Binary COPY of (key, score[, label]) into the staging table: what `pgcopy.prediction_rows` writes."""
+    return sql.SQL("COPY {stage} ({key}, score{label}) FROM STDIN (FORMAT binary)").format(
+        stage=ident(stage), key=sql.Identifier(spec.source.entity_key),
+        label=sql.SQL(", label" if spec.is_classifier else ""))
+
+
+# ---------------------------------------------------------------------------------------------- swap and retention
+
+def _check_name(spec: ModelSpec) -> sql.Identifier:
+    return sql.Identifier(f"{split_table(spec.prediction_table)[1]}_stage_day")
+
+
+def index_staging(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date) -> None:
+    """Primary key and date check, built before the swap so that the swap itself only touches catalogs:
+    ATTACH skips its validation scan when a CHECK constraint already proves the partition bound."""
+    conn.execute(sql.SQL("ALTER TABLE {stage} ADD CONSTRAINT {chk} CHECK (prediction_date IS NOT NULL "
+                         "AND prediction_date = {day})").format(
+        stage=ident(stage), chk=_check_name(spec), day=sql.Literal(day)))
+    conn.execute(sql.SQL("ALTER TABLE {stage} ADD PRIMARY KEY (prediction_date, {key})").format(
+        stage=ident(stage), key=sql.Identifier(spec.source.entity_key)))
+
+
+def swap_partition(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date) -> None:
+    """Replace the date's partition with the (indexed) staging table, inside the caller's transaction: take the
+    run's lock, detach + drop the old partition, rename the staging table, attach it."""
+    # Fail rather than queue forever behind a long reader of the parent table (DETACH needs a brief
+    # exclusive lock on it); the staging table stays, so a retry can still swap.
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(SWAP_LOCK_TIMEOUT)))
+    lock_run(conn, spec, day)
+    schema, _ = split_table(spec.prediction_table)
+    final = partition_name(spec.prediction_table, day)
+    parent = ident(spec.prediction_table)
+    old = conn.execute("SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                       "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                       (schema, final)).fetchone()
+    if old:
+        conn.execute(sql.SQL("ALTER TABLE {parent} DETACH PARTITION {old}").format(
+            parent=parent, old=sql.Identifier(schema, final)))
+        conn.execute(sql.SQL("DROP TABLE {old}").format(old=sql.Identifier(schema, final)))
+    conn.execute(sql.SQL("ALTER TABLE {stage} RENAME TO {final}").format(stage=ident(stage),
+                                                                         final=sql.Identifier(final)))
+    staged = sql.Identifier(schema, final)
+    conn.execute(sql.SQL("ALTER INDEX {idx} RENAME TO {new}").format(
+        idx=sql.Identifier(schema, f"{split_table(stage)[1]}_pkey"), new=sql.Identifier(f"{final}_pkey")))
+    conn.execute(sql.SQL("ALTER TABLE {t} ALTER prediction_date DROP DEFAULT, ALTER model_name DROP DEFAULT, "
+                         "ALTER model_version DROP DEFAULT, ALTER run_id DROP DEFAULT, "
+                         "ALTER scored_at DROP DEFAULT").format(t=staged))
+    conn.execute(sql.SQL("ALTER TABLE {parent} ATTACH PARTITION {t} FOR VALUES IN ({day})").format(
+        parent=parent, t=staged, day=sql.Literal(day)))
+    conn.execute(sql.SQL("ALTER TABLE {t} DROP CONSTRAINT {chk}").format(t=staged, chk=_check_name(spec)))
+
+
+def drop_partitions_before(conn: psycopg.Connection, spec: ModelSpec, cutoff: dt.date) -> list[str]:
+    """Drop the prediction table's day partitions (`<table>_pYYYYMMDD`) older than `cutoff`, one transaction
+    each; any other child table is left alone. Returns the dropped tables."""
+    schema, table = split_table(spec.prediction_table)
+    children = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE n.nspname = %s AND p.relname = %s", (schema, table)).fetchall()
+    idle(conn)
+    dropped = []
+    prefix = f"{table}_p"
+    for (name,) in children:
+        suffix = name[len(prefix):] if name.startswith(prefix) else ""
+        try:
+            day = dt.datetime.strptime(suffix, "%Y%m%d").date()
+        except ValueError:
+            continue  # not one of ours
+        if day < cutoff:
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, name)))
+            dropped.append(f"{schema}.{name}")
+    conn.commit()
+    return dropped

@@ -1,0 +1,48 @@
+"""Faults tests inject by handing a wrapped scorer to the real code (production code reads no fault switch).
+
+`FaultyScorer` stands in for a `scoring.scorer.Scorer`: everything is delegated to the real one, with a fault in
+front of each scoring call (`score` for the async worker and live paths, `predict_matrix` for the batch stream).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+STALL_MARKER = "fault: stalling"  # printed to stderr when a stall begins
+
+
+class FaultyScorer:
+    """The real scorer, but: stall `stall_s` seconds before scoring call number `stall_from_call` and every later
+    one (1 = every call); refuse (RuntimeError "injected fault: ...") any record whose feature `poison[0]` has
+    the value `poison[1]` (records pass the door, then fail at scoring)."""
+
+    def __init__(self, scorer: Any, *, stall_s: float = 0.0, stall_from_call: int = 1,
+                 poison: tuple[str, Any] | None = None) -> None:
+        self.scorer = scorer
+        self.stall_s = stall_s
+        self.stall_from_call = stall_from_call
+        self.poison = poison
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:  # spec, version, ... of the real scorer
+        return getattr(self.__dict__["scorer"], name)
+
+    def _before_call(self) -> None:
+        self.calls += 1
+        if self.stall_s > 0 and self.calls >= self.stall_from_call:
+            print(f"{STALL_MARKER} {self.stall_s}s before scoring call {self.calls}", file=sys.stderr, flush=True)
+            time.sleep(self.stall_s)
+
+    def score(self, data: Any) -> Any:
+        self._before_call()
+        if self.poison is not None:
+            feature, value = self.poison
+            if any(rec.get(feature) == value for rec in data):
+                raise RuntimeError(f"injected fault: poison record ({feature}={value!r})")
+        return self.scorer.score(data)
+
+    def predict_matrix(self, matrix: Any) -> Any:
+        self._before_call()
+        return self.scorer.predict_matrix(matrix)

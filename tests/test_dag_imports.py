@@ -1,0 +1,57 @@
+"""Parsing a DAG file stays light. The DAG processor re-imports every file in dags/ again and again, so neither a
+DAG file nor the task modules it imports may pull in MLflow, XGBoost or pandas at parse time: the task bodies
+import them when they run. Each file is parsed by Airflow's own DagBag in a fresh interpreter (nothing another
+test imported counts). Airflow itself (airflow.sdk, the DagBag) imports none of the three, so the check is strict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DAGS = REPO / "dags"
+HEAVY = ("mlflow", "xgboost", "pandas")
+
+PROBE = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+
+before = sorted(m for m in sys.argv[2:] if m in sys.modules)
+bag = DagBag(dag_folder=sys.argv[1], safe_mode=False)
+print("PROBE " + json.dumps({"errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+                             "dags": sorted(bag.dag_ids), "before": before,
+                             "heavy": sorted(m for m in sys.argv[2:] if m in sys.modules)}))
+"""
+
+
+def parse_in_fresh_interpreter(dag_file: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, str(dag_file), *HEAVY], cwd=REPO, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+    assert lines, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(lines[-1][len("PROBE "):])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DAGS.glob("*.py")))
+def test_parsing_a_dag_file_imports_no_mlflow_xgboost_or_pandas(name):
+    parsed = parse_in_fresh_interpreter(DAGS / name)
+    assert parsed["errors"] == {} and parsed["dags"], parsed
+    assert parsed["before"] == []  # Airflow's own imports bring none of them: the strict check below is ours
+    assert parsed["heavy"] == [], f"{name} imports {parsed['heavy']} at parse time"
+
+
+def test_the_probe_sees_a_heavy_import(tmp_path):
+    """The check can fail: a DAG file importing the scorer at the top is caught."""
+    dag = tmp_path / "heavy_dag.py"
+    dag.write_text("import datetime as dt\n\nfrom airflow.sdk import DAG\n\nimport scoring.scorer  # noqa: F401\n\n"
+                   "with DAG(dag_id='heavy', schedule=None, start_date=dt.datetime(2026, 1, 1)) as dag:\n"
+                   "    pass\n")
+    parsed = parse_in_fresh_interpreter(dag)
+    assert parsed["dags"] == ["heavy"] and set(HEAVY) <= set(parsed["heavy"]), parsed
