@@ -84,6 +84,42 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """A monitoring check's limits: a value at or above `warn` warns, at or above `alert` alerts."""
+
+    warn: float
+    alert: float
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """Thresholds of the monitor_<model> DAG (models.yaml `monitoring:`; every key optional, defaults below).
+
+    feature_psi          PSI of a feature's distribution today against the training window's
+    null_rate_increase   a feature's null rate today minus its null rate in the training window
+    reject_rate          share of the day's feature rows the batch run rejected
+    row_count_change     |rows today - rows of the previous predicted day| / rows of the previous day
+    score_psi            PSI of the day's scores against the held-out window's scores at training time
+    score_psi_day        PSI of the day's scores against the previous predicted day's
+    metric_degradation   relative loss of the realised metric against the held-out one, once labels are in
+    label_lookback_days  how many earlier days get their realised metric computed once their labels arrive
+    """
+
+    feature_psi: Threshold = Threshold(0.1, 0.25)
+    null_rate_increase: Threshold = Threshold(0.02, 0.05)
+    reject_rate: Threshold = Threshold(0.005, 0.01)
+    row_count_change: Threshold = Threshold(0.1, 0.3)
+    score_psi: Threshold = Threshold(0.1, 0.25)
+    score_psi_day: Threshold = Threshold(0.1, 0.25)
+    metric_degradation: Threshold = Threshold(0.05, 0.1)
+    label_lookback_days: int = 7
+
+
+MONITORING_THRESHOLDS = ("feature_psi", "null_rate_increase", "reject_rate", "row_count_change", "score_psi",
+                         "score_psi_day", "metric_degradation")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     task: Task
@@ -98,6 +134,7 @@ class ModelSpec:
     training: TrainingConfig = TrainingConfig()
     serving: ServingConfig = ServingConfig()
     batch: BatchConfig = BatchConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     description: str = ""
 
     @property
@@ -115,7 +152,7 @@ class ModelSpec:
 
 _MODEL_KEYS = {
     "description", "task", "source", "features", "label", "metric", "xgboost", "training",
-    "prediction_table", "schedule", "train_schedule", "serving", "batch",
+    "prediction_table", "schedule", "train_schedule", "serving", "batch", "monitoring",
 }
 _REQUIRED = {"task", "source", "features", "label", "metric", "prediction_table", "schedule"}
 _SOURCE_KEYS = {"table", "entity_key", "date_column"}
@@ -239,6 +276,35 @@ def _parse_feature(model: str, index: int, raw: Any) -> Feature:
     return Feature(name=name, type=ftype, nullable=nullable, categories=tuple(categories))
 
 
+def _parse_monitoring(model: str, raw: Any) -> MonitoringConfig:
+    """The `monitoring:` block: each threshold a mapping {warn, alert} (either may be left to its default)."""
+    defaults = MonitoringConfig()
+    if raw is None:
+        return defaults
+    raw = _check_keys(model, "monitoring", raw, {*MONITORING_THRESHOLDS, "label_lookback_days"})
+    values: dict[str, Any] = {}
+    for key in MONITORING_THRESHOLDS:
+        if key not in raw:
+            continue
+        where = f"monitoring.{key}"
+        limits = _check_keys(model, where, raw[key], {"warn", "alert"})
+        default = getattr(defaults, key)
+        warn, alert = limits.get("warn", default.warn), limits.get("alert", default.alert)
+        for name, value in (("warn", warn), ("alert", alert)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise _fail(model, f"{where}.{name}", f"must be a number >= 0, got {value!r}")
+        if warn > alert:
+            raise _fail(model, where, f"warn ({warn:g}) must not be above alert ({alert:g})")
+        values[key] = Threshold(float(warn), float(alert))
+    if "label_lookback_days" in raw:
+        lookback = raw["label_lookback_days"]
+        if isinstance(lookback, bool) or not isinstance(lookback, int) or lookback < 0:
+            raise _fail(model, "monitoring.label_lookback_days", f"must be an integer >= 0, got {lookback!r}")
+        values["label_lookback_days"] = lookback
+    return MonitoringConfig(**{**{k: getattr(defaults, k) for k in (*MONITORING_THRESHOLDS, "label_lookback_days")},
+                               **values})
+
+
 def _parse_model(name: str, raw: Any) -> ModelSpec:
     if not _IDENT.match(name):
         raise _fail(name, "name", "model names must be lower-case identifiers (they name DAGs and tables)")
@@ -322,6 +388,7 @@ def _parse_model(name: str, raw: Any) -> ModelSpec:
         name=name, task=task, source=source, features=features, label=label, metric=metric,
         prediction_table=raw["prediction_table"], schedule=schedule, train_schedule=train_schedule,
         xgboost=dict(params), training=training, serving=serving, batch=batch,
+        monitoring=_parse_monitoring(name, raw.get("monitoring")),
         description=str(raw.get("description", "")),
     )
 

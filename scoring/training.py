@@ -34,16 +34,11 @@ import psycopg
 import xgboost as xgb
 from mlflow.models import infer_signature
 from psycopg import sql
-from sklearn.metrics import (
-    accuracy_score,
-    log_loss,
-    mean_absolute_error,
-    roc_auc_score,
-    root_mean_squared_error,
-)
 
 from scoring.encoding import encode
-from scoring.registry import CHAMPION, RegistryError, client, load_booster, resolve_version
+from scoring.monitoring import metrics
+from scoring.monitoring.profile import build_reference, log_reference
+from scoring.registry import CHALLENGER, CHAMPION, RegistryError, client, load_booster, resolve_version
 from scoring.scorer import ModelMismatchError, Scorer
 from scoring.spec import ModelSpec, validate_xgboost_params
 
@@ -94,6 +89,7 @@ class TrainingData:
     window: Window
     rows_dropped: int = 0  # labelled rows the encoder rejected (invalid features)
     holdout_records: list[dict[str, Any]] = field(default_factory=list)  # raw rows, as a JSON client sends them
+    window_rows: pd.DataFrame | None = None  # the raw feature rows of the whole window (the reference profile)
 
 
 @dataclass
@@ -102,10 +98,15 @@ class GateDecision:
     reason: str
     figures: dict[str, float] = field(default_factory=dict)
     champion_version: str | None = None  # the champion the candidate was compared with
+    # Refused only for being worse than the champion (latency budget and baseline passed): worth scoring in
+    # shadow as the `challenger`, so that promotion can later be decided on realised evidence.
+    challenger: bool = False
 
     def tags(self) -> dict[str, str]:
         tags = {"gate.decision": "promoted" if self.promoted else "refused", "gate.reason": self.reason,
                 "gate.champion_version": self.champion_version or "none"}
+        if self.challenger:
+            tags["gate.challenger"] = "true"
         tags.update({f"gate.{k}": f"{v:.6g}" for k, v in self.figures.items()})
         return tags
 
@@ -233,7 +234,7 @@ def load_training_data(conn: psycopg.Connection, spec: ModelSpec, end: dt.date) 
         log.warning("model %s: %d labelled rows with invalid features left out of training",
                     spec.name, dropped_train + dropped_holdout)
     return TrainingData(train, holdout, window, dropped_train + dropped_holdout,
-                        holdout_records=_records(spec, raw[is_holdout]))
+                        holdout_records=_records(spec, raw[is_holdout]), window_rows=raw[spec.feature_names])
 
 
 def load_holdout(conn: psycopg.Connection, spec: ModelSpec, end: dt.date) -> TrainingData:
@@ -269,15 +270,7 @@ def fit(spec: ModelSpec, train: pd.DataFrame, overrides: dict[str, Any] | None =
 
 def metric_value(spec: ModelSpec, y_true: np.ndarray, scores: np.ndarray) -> float:
     """The spec's metric; `scores` are class-1 probabilities for classifiers and values for regressors."""
-    if spec.metric == "roc_auc":
-        return float(roc_auc_score(y_true, scores))
-    if spec.metric == "log_loss":
-        return float(log_loss(y_true, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))
-    if spec.metric == "accuracy":
-        return float(accuracy_score(y_true, scores > 0.5))
-    if spec.metric == "rmse":
-        return float(root_mean_squared_error(y_true, scores))
-    return float(mean_absolute_error(y_true, scores))
+    return metrics.metric_value(spec.metric, y_true, scores)
 
 
 def baseline_metric(spec: ModelSpec, train: pd.DataFrame, holdout: pd.DataFrame) -> float:
@@ -358,19 +351,26 @@ def decide(spec: ModelSpec, candidate: float, baseline: float, champion: tuple[s
         passed = f"{m} {candidate:.4f} is at least as good as champion v{champion[0]} ({champion[1]:.4f})"
     champion_version = champion[0] if champion else None
     if problems:
-        return GateDecision(False, "; ".join(problems), figures, champion_version)
+        only_worse = champion is not None and len(problems) == 1 and "worse than champion" in problems[0]
+        beats_baseline = better_or_equal(spec, candidate, baseline) and candidate != baseline
+        return GateDecision(False, "; ".join(problems), figures, champion_version,
+                            challenger=only_worse and beats_baseline)
     if p99_ms is not None:
         passed += f"; p99 {p99_ms:.2f} ms within {spec.serving.latency_budget_ms:g} ms"
     return GateDecision(True, passed, figures, champion_version)
 
 
-def _current_champion(spec: ModelSpec) -> str | None:
+def _alias(spec: ModelSpec, alias: str) -> str | None:
     try:
-        return resolve_version(spec.name, CHAMPION)
+        return resolve_version(spec.name, alias)
     except RegistryError as exc:
         if "no version with alias" in str(exc):
             return None
         raise
+
+
+def _current_champion(spec: ModelSpec) -> str | None:
+    return _alias(spec, CHAMPION)
 
 
 def champion_metric(spec: ModelSpec, holdout: pd.DataFrame, exclude: str | None = None) -> tuple[str, float] | None:
@@ -411,8 +411,14 @@ def run_gate(spec: ModelSpec, version: str, data: TrainingData, baseline: float)
         mc.set_model_version_tag(spec.name, version, key, value)
     if decision.promoted:
         mc.set_registered_model_alias(spec.name, CHAMPION, version)
+        if _alias(spec, CHALLENGER) == version:  # the challenger won: it no longer runs in shadow
+            mc.delete_registered_model_alias(spec.name, CHALLENGER)
+    elif decision.challenger:
+        mc.set_registered_model_alias(spec.name, CHALLENGER, version)
+    outcome = "PROMOTED to champion" if decision.promoted else "REFUSED" + (" (now the challenger, scored in "
+                                                                           "shadow)" if decision.challenger else "")
     log.info("gate for model %s version %s: %s - %s; figures %s (champion before: %s)", spec.name, version,
-             "PROMOTED to champion" if decision.promoted else "REFUSED", decision.reason,
+             outcome, decision.reason,
              json.dumps({k: round(v, 6) for k, v in decision.figures.items()}), previous or "none")
     return decision
 
@@ -444,6 +450,9 @@ def train_and_log(spec: ModelSpec, data: TrainingData, *, overrides: dict[str, A
     scores = model.predict_proba(x_holdout)[:, 1] if spec.is_classifier else model.predict(x_holdout)
     candidate = metric_value(spec, y_holdout, scores)
     baseline = baseline_metric(spec, data.train, data.holdout)
+    profile = None
+    if data.window_rows is not None:  # what the monitor compares each predicted day with
+        profile = build_reference(spec, data.window_rows, scores, candidate, str(data.window))
 
     mlflow.set_experiment(f"serving/{spec.name}")
     example = data.train[spec.feature_names].dropna().head(5)  # an example without NaN keeps its JSON simple
@@ -459,12 +468,14 @@ def train_and_log(spec: ModelSpec, data: TrainingData, *, overrides: dict[str, A
                             "rows_dropped": data.rows_dropped, "fit_seconds": fit_seconds})
         mlflow.set_tags(tags)
         signature = infer_signature(example, model.predict(example))
+        if profile is not None:
+            log_reference(profile)
         info = mlflow.xgboost.log_model(model, name="model", signature=signature, input_example=example,
                                         registered_model_name=spec.name, pip_requirements=pip_requirements())
     version = str(info.registered_model_version)
     mc = client()
     for key, value in {**tags, "run_id": run.info.run_id, f"holdout_{spec.metric}": f"{candidate:.6g}",
-                       "gate.decision": "pending"}.items():
+                       **(profile.tags() if profile else {}), "gate.decision": "pending"}.items():
         mc.set_model_version_tag(spec.name, version, key, value)
     log.info("model %s: registered version %s (run %s): holdout %s %.4f, baseline %.4f, %d train / %d holdout "
              "rows, fit %.1fs, params %s", spec.name, version, run.info.run_id, spec.metric, candidate, baseline,

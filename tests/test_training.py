@@ -68,6 +68,16 @@ def test_lower_is_better_metrics():
     assert not decide(SPEND, 21.0, 20.0, None, 1.0).promoted
 
 
+def test_only_a_candidate_refused_for_the_champion_comparison_becomes_challenger():
+    worse = decide(CHURN, 0.79, 0.5, ("3", 0.80), 1.0)
+    assert not worse.promoted and worse.challenger and worse.tags()["gate.challenger"] == "true"
+    assert not decide(CHURN, 0.79, 0.5, ("3", 0.80), 30.0).challenger  # over the latency budget as well
+    assert not decide(CHURN, 0.45, 0.5, ("3", 0.80), 1.0).challenger  # no better than a constant
+    assert not decide(CHURN, 0.45, 0.5, None, 1.0).challenger  # no champion to run beside
+    assert not decide(CHURN, 0.81, 0.5, ("3", 0.80), 1.0).challenger  # promoted instead
+    assert "gate.challenger" not in decide(CHURN, 0.81, 0.5, ("3", 0.80), 1.0).tags()
+
+
 def test_latency_budget_refuses_even_a_better_model():
     slow = decide(CHURN, 0.9, 0.5, ("3", 0.8), 30.0)
     assert not slow.promoted and slow.reason == "single-row p99 30.00 ms is over the budget of 25 ms"
@@ -285,3 +295,35 @@ def test_scorer_matches_mlflow(name, specs, trained_models):
         np.testing.assert_array_equal(ours.labels, np.asarray(pyfunc))
     else:
         np.testing.assert_allclose(ours.scores, np.asarray(pyfunc), rtol=1e-5, atol=1e-4)
+
+
+# -- the reference profile kept with each version (what monitor_<model> compares every day with) -----------------
+
+
+@pytest.mark.parametrize("name", ["churn", "spend"])
+def test_versions_carry_the_training_windows_reference_profile(name, specs, trained_models, demo_features):
+    from mlflow import MlflowClient
+
+    from scoring.monitoring.profile import load_reference
+
+    spec = specs[name]
+    version = trained_models[name]
+    profile = load_reference(name, version)
+    tags = MlflowClient().get_model_version(name, version).tags
+    assert tags["monitoring.profile"] == "monitoring/reference_profile.json"
+    assert int(tags["monitoring.profile_rows"]) == profile.rows == 28 * 2_000  # the whole window, raw rows
+    assert list(profile.features) == spec.feature_names
+    for feature in spec.features:
+        hist = profile.features[feature.name]
+        assert hist.rows == profile.rows
+        if feature.type == "category":
+            assert hist.bins == list(feature.categories) and hist.counts[-1] == 0  # no unknown spelling
+        else:
+            assert 2 <= len(hist.counts) <= 10  # deciles, deduplicated
+        if feature.nullable:
+            assert 0.01 < hist.null_rate < 0.06  # the demo data's ~3% missing
+        else:
+            assert hist.nulls == 0
+    assert profile.score.non_null == 7 * 2_000  # the held-out days' scores
+    assert profile.holdout_metric == pytest.approx(float(tags[f"holdout_{spec.metric}"]), rel=1e-5)
+    assert float(tags["monitoring.holdout_score_mean"]) == pytest.approx(profile.score_mean, rel=1e-5)
