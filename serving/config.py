@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoring.settings import SettingsError, load, read, setting
+from scoring.settings import SettingsError, load, setting
 
 
 class ConfigError(SettingsError):
@@ -47,14 +47,6 @@ class Settings:
 
 
 ServingSettings = Settings
-
-
-def _env_int(name: str, default: int | None = None) -> int:
-    """Deprecated (kept for callers not yet on the registry): the registry's typed value; `default` is ignored."""
-    return read(name)
-
-
-_env_float = _env_int
 
 
 @dataclass(frozen=True)

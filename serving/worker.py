@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +39,9 @@ import psycopg
 from scoring import job_queue
 from scoring.db import database_url
 from scoring.scorer import Scorer
+from scoring.settings import load, read, setting
 from scoring.spec import load_spec
-from serving.config import ConfigError, Settings, _env_float, _env_int
+from serving.config import ConfigError, Settings
 from serving.model_holder import ModelHolder
 
 log = logging.getLogger("serving.worker")
@@ -50,23 +51,18 @@ _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    batch_size: int = 256
-    max_batch_records: int = 50_000  # records per scorer call (jobs may carry many records each)
-    lease_s: float = 30.0
-    idle_poll_s: float = 2.0  # polling fallback when no NOTIFY arrives
-    retry_backoff_s: float = 1.0
+    # names, defaults and bounds (positive sizes and lease, backoff not negative) are declared in scoring/settings.py
+    batch_size: int = setting("WORKER_BATCH_SIZE")
+    max_batch_records: int = setting("WORKER_MAX_BATCH_RECORDS")  # records per scorer call (jobs carry many)
+    lease_s: float = setting("WORKER_LEASE_S")
+    idle_poll_s: float = setting("WORKER_IDLE_POLL_S")  # polling fallback when no NOTIFY arrives
+    retry_backoff_s: float = setting("WORKER_RETRY_BACKOFF_S")
+    log_level: str = setting("WORKER_LOG_LEVEL")
     max_reconnect_backoff_s: float = 10.0
 
     @classmethod
-    def from_env(cls) -> WorkerSettings:
-        s = cls(batch_size=_env_int("WORKER_BATCH_SIZE", 256), lease_s=_env_float("WORKER_LEASE_S", 30.0),
-                max_batch_records=_env_int("WORKER_MAX_BATCH_RECORDS", 50_000),
-                idle_poll_s=_env_float("WORKER_IDLE_POLL_S", 2.0),
-                retry_backoff_s=_env_float("WORKER_RETRY_BACKOFF_S", 1.0))
-        if min(s.batch_size, s.max_batch_records, s.lease_s, s.idle_poll_s) <= 0 or s.retry_backoff_s < 0:
-            raise ConfigError("WORKER_BATCH_SIZE, WORKER_MAX_BATCH_RECORDS, WORKER_LEASE_S and WORKER_IDLE_POLL_S "
-                              "must be positive, WORKER_RETRY_BACKOFF_S not negative")
-        return s
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        return load(cls, env)
 
 
 ScorerWrapper = Callable[[Scorer], job_queue.JobScorer]
@@ -200,8 +196,15 @@ class Worker:
         self.stopping.set()
 
 
+def _log_level() -> str:
+    try:
+        return read("WORKER_LOG_LEVEL").upper()
+    except ValueError:  # WorkerSettings.from_env reports it, once logging is set up
+        return "INFO"
+
+
 def main(wrap_scorer: ScorerWrapper | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("WORKER_LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=_log_level(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = Settings.from_env()
