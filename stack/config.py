@@ -1,32 +1,28 @@
 """Where the local stack lives and how its services are reached: paths, ports and URLs.
 
-Everything comes from the environment with the documented defaults, so the tests can run a second stack in a
-temp directory on free ports:
-
-    STACK_HOME          state folder (default <repo>/.local): pgdata, logs, PID files, airflow home, artifacts
-    STACK_PG_PORT       the project-local PostgreSQL (default 55432, as scoring.db.DEFAULT_URL)
-    STACK_MLFLOW_PORT   MLflow tracking server (default from mlflow/server.env: 5000)
-    STACK_AIRFLOW_PORT  Airflow api-server (default 8080)
-    STACK_SERVING_PORT  first serving app (default 8000; the next model gets 8001, ...)
-    STACK_COMPONENTS    comma list of postgres,mlflow,airflow,serving,worker (default: all)
-    DATABASE_URL        when set, an existing PostgreSQL server: no local cluster is started
+Everything comes from the environment (STACK_*, PG_BINDIR, DATABASE_URL: declared with their defaults in
+scoring/settings.py, listed in the README's settings table), so the tests can run a second stack in a temp
+directory on free ports. DATABASE_URL keeps its one meaning, the serving database: when it is set, `make up` uses
+the server it names (the mlflow and airflow databases beside it) and starts no local cluster.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from scoring.settings import REGISTRY, SettingsError, is_set, load, read, setting
+
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_CONFIG = REPO / "mlflow" / "server.env"
-COMPONENTS = ("postgres", "mlflow", "airflow", "serving", "worker")
+COMPONENTS: tuple[str, ...] = REGISTRY["STACK_COMPONENTS"].choices
 DATABASES = ("serving", "mlflow", "airflow")
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A stack setting is malformed; the message names the variable."""
 
 
@@ -44,15 +40,6 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ConfigError(f"{name} must be a TCP port number (1-65535), got {raw!r}")
-    return int(raw)
-
-
 def with_database(url: str, dbname: str, driver: str | None = None) -> str:
     """The same server URL pointing at another database (and optionally another SQLAlchemy driver)."""
     parts = urlsplit(url)
@@ -63,50 +50,52 @@ def with_database(url: str, dbname: str, driver: str | None = None) -> str:
 @dataclass(frozen=True)
 class StackConfig:
     home: Path
-    pg_port: int = 55432
+    pg_port: int = setting("STACK_PG_PORT")
     external_db_url: str | None = None
     mlflow_port: int = 5000
     mlflow_workers: int = 1
     mlflow_backend_db: str = "mlflow"
     mlflow_artifacts: str = "mlartifacts"
-    airflow_port: int = 8080
-    serving_port: int = 8000
-    components: frozenset[str] = field(default_factory=lambda: frozenset(COMPONENTS))
+    airflow_port: int = setting("STACK_AIRFLOW_PORT")
+    serving_port: int = setting("STACK_SERVING_PORT")
+    components: frozenset[str] = setting("STACK_COMPONENTS")
     host: str = "127.0.0.1"
     # A fixed login for the local stack only (SimpleAuthManager); the container deployment takes it from .env.
     admin_user: str = "admin"
-    admin_password: str = "admin"
+    admin_password: str = setting("STACK_ADMIN_PASSWORD")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
-        env = os.environ if env is None else env
+        """From the environment; a bad value raises ConfigError naming the variable and the value."""
+        try:
+            return cls._from_env(env)
+        except ConfigError:
+            raise
+        except SettingsError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @classmethod
+    def _from_env(cls, env: Mapping[str, str] | None) -> StackConfig:
         mlflow = read_env_file(MLFLOW_CONFIG)
-        components = frozenset(c.strip() for c in env.get("STACK_COMPONENTS", ",".join(COMPONENTS)).split(",")
-                               if c.strip())
-        unknown = components - set(COMPONENTS)
-        if unknown:
-            raise ConfigError(f"STACK_COMPONENTS: unknown component(s) {sorted(unknown)}; "
-                              f"choose from {', '.join(COMPONENTS)}")
-        external = env.get("DATABASE_URL") or None
-        if external:
-            components = components - {"postgres"}
         workers = mlflow.get("MLFLOW_WORKERS", "1")
         if not workers.isdigit():
             raise ConfigError(f"MLFLOW_WORKERS in {MLFLOW_CONFIG} must be an integer, got {workers!r}")
-        return cls(
-            home=Path(env.get("STACK_HOME") or REPO / ".local").resolve(),
-            pg_port=_port(env, "STACK_PG_PORT", _port(env, "PGPORT_LOCAL", 55432)),
-            external_db_url=external,
-            mlflow_port=_port(env, "STACK_MLFLOW_PORT", _port(mlflow, "MLFLOW_PORT", 5000)),
+        mlflow_port = read("STACK_MLFLOW_PORT", env)
+        if mlflow_port is None:  # the stack's MLflow settings file holds the default
+            mlflow_port = read("STACK_MLFLOW_PORT", {"STACK_MLFLOW_PORT": mlflow.get("MLFLOW_PORT", "5000")})
+        config = load(
+            cls, env,
+            home=(read("STACK_HOME", env) or REPO / ".local").resolve(),
+            external_db_url=read("DATABASE_URL", env) if is_set("DATABASE_URL", env) else None,
+            mlflow_port=mlflow_port,
             mlflow_workers=int(workers),
             mlflow_backend_db=mlflow.get("MLFLOW_BACKEND_DB", "mlflow"),
             mlflow_artifacts=mlflow.get("MLFLOW_ARTIFACTS_DIR", "mlartifacts"),
-            airflow_port=_port(env, "STACK_AIRFLOW_PORT", 8080),
-            serving_port=_port(env, "STACK_SERVING_PORT", 8000),
-            components=components,
             host=mlflow.get("MLFLOW_HOST", "127.0.0.1"),
-            admin_password=env.get("STACK_ADMIN_PASSWORD") or "admin",
         )
+        if config.external_db_url:  # an existing server: no local cluster
+            config = dataclasses.replace(config, components=config.components - {"postgres"})
+        return config
 
     # --- paths -------------------------------------------------------------------------------------------
     @property
