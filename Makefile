@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv test lint up down status demo
+.PHONY: venv test lint up down status demo restart-serving
 
 # The venv is (re)built when requirements.txt or pyproject.toml change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -29,8 +29,9 @@ test-fast: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# The local platform (stack/): PostgreSQL, MLflow, Airflow, one gunicorn + async worker per served model.
-# Logs, PID files and data under .local/ (STACK_HOME); ports configurable (see stack/config.py).
+# The local platform (stack/): PostgreSQL, MLflow, Airflow, per served model STACK_SERVING_REPLICAS gunicorns and
+# an async worker, nginx in front (apt-get installs nginx-light when missing). STACK_EXECUTOR=celery adds Redis
+# and two Celery workers. Logs, PID files and data under .local/ (STACK_HOME); ports: see stack/config.py.
 up: venv
 	$(PY) -m stack.up up
 
@@ -42,6 +43,11 @@ status: venv
 
 demo: up
 	$(PY) -m stack.demo
+
+# Replace the serving replicas one at a time behind the gateway (drain, stop, start, /readyz, back in rotation).
+# MODEL=churn restarts one model's replicas only.
+restart-serving: venv
+	$(PY) -m stack.up restart-serving $(if $(MODEL),--model $(MODEL))
 
 # Regenerate the README's settings table and .env.example from the registry in scoring/settings.py
 # (tests/test_settings.py fails when they drift from it).

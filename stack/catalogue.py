@@ -1,8 +1,8 @@
 """The stack's long-running services (after PostgreSQL): how each one starts and how we know it is healthy.
 
 Order matters: MLflow, then the Airflow api-server (the other Airflow components report their health through
-its /api/v2/monitor/health), then the scheduler, dag-processor and triggerer, then per served model one gunicorn
-and one async worker.
+its /api/v2/monitor/health), then the scheduler, dag-processor and triggerer, then per served model its gunicorn
+replicas and one async worker, then the gateway (nginx) in front of the replicas.
 """
 
 from __future__ import annotations
@@ -188,17 +188,38 @@ def airflow_services(cfg: StackConfig) -> list[Service]:
     return [api, *others]
 
 
+def replica_workers(env: dict[str, str], replicas: int) -> str:
+    """gunicorn workers per replica: SERVING_WORKERS when set, else the 2 cores split over the replicas, so a
+    model runs as many worker processes (and model copies) as one gunicorn with 2 workers did."""
+    return env.get("SERVING_WORKERS") or str(max(1, 2 // replicas))
+
+
 def serving_services(cfg: StackConfig) -> list[Service]:
+    """cfg.replicas gunicorns per model, each its own process group on its own loopback port."""
+    from stack.gateway import replicas
+
     out: list[Service] = []
-    for index, model in enumerate(served_models()):
-        port = cfg.serving_port + index
+    models = served_models()
+    for rep in replicas(cfg, models):
         env = base_env(cfg)
-        env.update({"SERVING_MODEL": model, "SERVING_BIND": f"{cfg.host}:{port}"})
-        out.append(Service(f"serving-{model}", "serving",
+        env.update({"SERVING_MODEL": rep.model, "SERVING_BIND": rep.address,
+                    "SERVING_WORKERS": replica_workers(env, cfg.replicas)})
+        url = f"http://{rep.address}"
+        out.append(Service(rep.name, "serving",
                            [str(VENV_BIN / "gunicorn"), "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"],
-                           env, http_probe(f"{cfg.serving_url(index)}/healthz"), port=port,
-                           url=cfg.serving_url(index), timeout=90, stage=3))
+                           env, http_probe(f"{url}/healthz"), port=rep.port, url=url, timeout=90, stage=3))
     return out
+
+
+def gateway_service(cfg: StackConfig) -> Service:
+    import shutil
+
+    from stack.gateway import nginx_argv
+
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"  # `make up` installs it first when missing
+    return Service("gateway", "gateway", nginx_argv(cfg, binary), base_env(cfg),
+                   http_probe(f"{cfg.gateway_url}/gateway/health"), port=cfg.serving_port, url=cfg.gateway_url,
+                   timeout=30, stage=4)
 
 
 def worker_services(cfg: StackConfig) -> list[Service]:
@@ -229,4 +250,6 @@ def catalogue(cfg: StackConfig) -> tuple[list[Service], list[str]]:
             services.extend(worker_services(cfg))
         else:
             notes.append("async workers not started: serving/worker.py is not in this checkout yet")
+    if cfg.wants("gateway") and cfg.wants("serving") and serving_available():
+        services.append(gateway_service(cfg))
     return services, notes

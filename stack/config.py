@@ -19,6 +19,7 @@ from scoring.settings import REGISTRY, SettingsError, is_set, load, read, settin
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_CONFIG = REPO / "mlflow" / "server.env"
 COMPONENTS: tuple[str, ...] = REGISTRY["STACK_COMPONENTS"].choices
+EXECUTORS: tuple[str, ...] = REGISTRY["STACK_EXECUTOR"].choices
 DATABASES = ("serving", "mlflow", "airflow")
 
 
@@ -58,6 +59,10 @@ class StackConfig:
     mlflow_artifacts: str = "mlartifacts"
     airflow_port: int = setting("STACK_AIRFLOW_PORT")
     serving_port: int = setting("STACK_SERVING_PORT")
+    replica_port: int | None = setting("STACK_REPLICA_PORT")  # None: serving_port + 100
+    replicas: int = setting("STACK_SERVING_REPLICAS")
+    executor: str = setting("STACK_EXECUTOR")
+    redis_port: int = setting("STACK_REDIS_PORT")
     components: frozenset[str] = setting("STACK_COMPONENTS")
     host: str = "127.0.0.1"
     # A fixed login for the local stack only (SimpleAuthManager); the container deployment takes it from .env.
@@ -142,8 +147,30 @@ class StackConfig:
     def airflow_url(self) -> str:
         return f"http://{self.host}:{self.airflow_port}"
 
-    def serving_url(self, index: int) -> str:
-        return f"http://{self.host}:{self.serving_port + index}"
+    @property
+    def gateway_url(self) -> str:
+        """The one entry point for every served model (nginx)."""
+        return f"http://{self.host}:{self.serving_port}"
+
+    def replica_port_of(self, model_index: int, replica: int) -> int:
+        """The loopback port of one gunicorn replica (model in models.yaml order, replica from 0)."""
+        base = self.replica_port or self.serving_port + 100
+        return base + model_index * self.replicas + replica
+
+    def serving_url(self, index: int, replica: int = 0) -> str:
+        return f"http://{self.host}:{self.replica_port_of(index, replica)}"
+
+    def public_url(self, index: int) -> str:
+        """Where clients reach a model: the gateway when it runs, else the model's first replica."""
+        return self.gateway_url if self.wants("gateway") else self.serving_url(index)
+
+    @property
+    def gateway_dir(self) -> Path:
+        return self.home / "gateway"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.redis_port}/0"
 
     def wants(self, component: str) -> bool:
         return component in self.components

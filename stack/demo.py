@@ -148,7 +148,7 @@ def _get(url: str | urllib.request.Request) -> tuple[int, str]:
 
 def show_lookup(cfg: StackConfig, model: str, index: int, entity_id: int = 42) -> None:
     """The precomputed (batch) prediction of one customer, served by the app."""
-    url = f"{cfg.serving_url(index)}/v1/models/{model}/predictions/{entity_id}"
+    url = f"{cfg.public_url(index)}/v1/models/{model}/predictions/{entity_id}"
     status, text = _get(url)
     say(f"\nPrecomputed prediction ({model}, from today's batch run):\n  curl -s {url}\n"
         f"  -> HTTP {status}: {text.strip()[:400]}")
@@ -170,7 +170,7 @@ def show_curl(cfg: StackConfig, model: str, index: int, day: dt.date, entity_id:
     if row is None:
         return
     body = {"records": [json.loads(json.dumps(dict(zip(names, row, strict=True)), default=float))]}
-    url = f"{cfg.serving_url(index)}/v1/models/{model}/predict"
+    url = f"{cfg.public_url(index)}/v1/models/{model}/predict"
     # The app reloads the champion by itself (alias polling): give it a moment after training.
     deadline = time.time() + wait_s
     status, text = _post_json(url, body)

@@ -153,7 +153,8 @@ def preflight(cfg: StackConfig, services: list[Service]) -> None:
                                  f"or set PG_BINDIR to the folder holding initdb and pg_ctl")
         if not _pg_running(cfg) and port_in_use(cfg.pg_port):
             raise StackError(_taken("postgres", cfg.pg_port, "STACK_PG_PORT"))
-    overrides = {"mlflow": "STACK_MLFLOW_PORT", "airflow": "STACK_AIRFLOW_PORT", "serving": "STACK_SERVING_PORT"}
+    overrides = {"mlflow": "STACK_MLFLOW_PORT", "airflow": "STACK_AIRFLOW_PORT", "serving": "STACK_REPLICA_PORT",
+                 "gateway": "STACK_SERVING_PORT"}
     for svc in services:
         if svc.port and not alive(read_pid(cfg.pid_file(svc.name))) and port_in_use(svc.port):
             raise StackError(_taken(svc.name, svc.port, overrides.get(svc.component, "")))
@@ -224,6 +225,7 @@ def up(cfg: StackConfig, out: Out = print, services: list[Service] | None = None
     if services is None:
         services, notes = catalogue(cfg)
     preflight(cfg, services)
+    gateway_changed = prepare_gateway(cfg, services)
     started: list[Started] = []
     try:
         if cfg.wants("postgres") or not cfg.local_postgres:
@@ -243,10 +245,44 @@ def up(cfg: StackConfig, out: Out = print, services: list[Service] | None = None
         if started:
             out(f"stopped what this run had started: {', '.join(s.name for s in started)}")
         raise
+    if gateway_changed:
+        reload_gateway(cfg, started, out)
     for note in notes:
         out(f"note: {note}")
     write_env_file(cfg)
     return services
+
+
+def prepare_gateway(cfg: StackConfig, services: list[Service]) -> bool:
+    """nginx installed (apt-get when missing), its config written from models.yaml and checked, before anything
+    starts. True when the config changed (a gateway already running then reloads it)."""
+    gateway = next((s for s in services if s.component == "gateway"), None)
+    if gateway is None:
+        return False
+    from stack.catalogue import served_models
+    from stack.gateway import GatewayError, check_config, ensure_nginx, nginx_argv, write_config
+
+    try:
+        binary = ensure_nginx()
+        gateway.argv = nginx_argv(cfg, binary)
+        _, changed = write_config(cfg, served_models())
+        check_config(cfg, binary)
+    except GatewayError as exc:
+        raise StackError(f"gateway: {exc}") from exc
+    return changed
+
+
+def reload_gateway(cfg: StackConfig, started: list[Started], out: Out) -> None:
+    from stack.gateway import GatewayError, reload
+
+    record = read_pid(cfg.pid_file("gateway"))
+    if not alive(record) or any(s.name == "gateway" for s in started):
+        return  # just started with the new config
+    try:
+        reload(record.pid)
+    except GatewayError as exc:
+        raise StackError(f"gateway: {exc}") from exc
+    out("gateway: config changed, reloaded")
 
 
 # --- down / status ---------------------------------------------------------------------------------------
@@ -339,13 +375,25 @@ def summary(cfg: StackConfig, services: list[Service]) -> str:
         lines.append(f"  MLflow         {cfg.mlflow_url}  (UI + registry; artifacts in {cfg.artifacts_dir})")
     if cfg.wants("airflow"):
         lines.append(f"  Airflow        {cfg.airflow_url}  login: {cfg.admin_user} / {cfg.admin_password}")
-    for svc in serving:
-        lines.append(f"  {svc.name:<14} {svc.url}  (health {svc.url}/healthz)")
+    gateway = next((s for s in services if s.component == "gateway"), None)
+    if gateway is not None:
+        models = list(dict.fromkeys(s.env["SERVING_MODEL"] for s in serving))
+        lines.append(f"  gateway        {gateway.url}  (nginx: /v1/models/<m>/..., /v2/models/<m>/..., "
+                     f"/models/<m>/invocations, /v1/jobs/<id>; models: {', '.join(models)})")
+        lines.append(f"  replicas       {len(serving)} gunicorns on {', '.join(str(s.port) for s in serving)} "
+                     f"(loopback; `make restart-serving` replaces them one at a time)")
+    else:
+        for svc in serving:
+            lines.append(f"  {svc.name:<14} {svc.url}  (health {svc.url}/healthz)")
     workers = [s.name for s in services if s.component == "worker"]
     if workers:
         lines.append(f"  workers        {', '.join(workers)}")
     lines += [f"  logs           {cfg.log_dir}    PID files {cfg.run_dir}", "", "Try:"]
-    if serving:
+    if gateway is not None and serving:
+        model = serving[0].env["SERVING_MODEL"]
+        lines.append(f"  curl -s {gateway.url}/models/{model}/readyz")
+        lines.append(f"  curl -s {gateway.url}/v1/models/{model}")
+    elif serving:
         lines.append(f"  curl -s {serving[0].url}/healthz")
     lines.append(f"  psql {cfg.db_url('serving')} -c "
                  "\"SELECT snapshot_date, count(*) FROM features.customer_daily GROUP BY 1 ORDER BY 1 DESC LIMIT 3\"")
@@ -364,7 +412,8 @@ def summary(cfg: StackConfig, services: list[Service]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack.up", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status"], nargs="?", default="up")
+    parser.add_argument("command", choices=["up", "down", "status", "restart-serving"], nargs="?", default="up")
+    parser.add_argument("--model", action="append", help="restart-serving: only this model's replicas (repeatable)")
     args = parser.parse_args(argv)
     try:
         cfg = StackConfig.from_env()
@@ -375,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n(up in {time.monotonic() - began:.0f}s)")
         elif args.command == "down":
             down(cfg)
+        elif args.command == "restart-serving":
+            from stack.rolling import RollingError, rolling_restart
+
+            try:
+                rolling_restart(cfg, models=args.model)
+            except RollingError as exc:
+                raise StackError(str(exc)) from exc
         else:
             print(format_table(status_rows(cfg), ("SERVICE", "PID", "PORT", "HEALTH", "URL")))
     except (StackError, ConfigError) as exc:
