@@ -489,7 +489,7 @@ def _shown_default(var: Var) -> str:
 
 def _type(var: Var) -> str:
     if var.kind in ("choice", "list"):
-        joined = " \\| ".join(var.choices)
+        joined = ", ".join(var.choices)
         return f"{'one of' if var.kind == 'choice' else 'comma list of'} {joined}"
     bounds = ""
     if var.positive:
