@@ -1,66 +1,86 @@
 """The online app factory: `gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'`.
 
 One deployment per model (SERVING_MODEL). Each gunicorn worker builds its own app (no preload), so each worker
-loads the model and runs its own hot-reload poller.
+loads the model, runs its own hot-reload poller and opens its own database pool (one, for lookups and jobs).
+
+`create_app()` with no arguments is that default wiring, from the environment. Tests and other embedders pass
+their own settings and dependencies: `create_app(settings, holder=..., store=...)`; what is passed in is used
+as it is (its owner starts and stops it), what is not is built and started here.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 
 from flask import Flask
 
 from scoring.db import database_url
-from scoring.spec import load_spec
-from serving import jobs
-from serving.blueprints import health, meta, mlflow_protocol, oip, v1
+from scoring.spec import ModelSpec, load_spec
+from serving.auth import Authorizer
 from serving.config import Settings
+from serving.dataplane import EXTENSION_KEY, DataPlane
 from serving.errors import register_error_handlers
-from serving.lookup import PredictionStore
 from serving.metrics import MODEL_VERSION, REFUSED, RELOADS, version_number
 from serving.middleware import register_middleware
 from serving.model_holder import ModelHolder
-from serving.state import EXTENSION_KEY, ServingState
+from serving.openapi import document
+from serving.protocols import PROTOCOLS
+from serving.protocols.ops import OPENAPI_KEY
+from serving.routes import Protocol, install
+from serving.store import PredictionStore, Store
 
 log = logging.getLogger(__name__)
 
 
-def create_app(model: str | None = None, *, settings: Settings | None = None, start_holder: bool = True) -> Flask:
-    settings = settings or Settings.from_env(model)
-    spec = load_spec(settings.model)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # keep response keys in the documented order
+def default_holder(settings: Settings, spec: ModelSpec) -> ModelHolder:
+    """The registry-polling holder, wired to the version/reload/refusal metrics (not started)."""
 
     def on_swap(old, new) -> None:
         MODEL_VERSION.labels(spec.name).set(version_number(new.version))
         if old is not None:
             RELOADS.labels(spec.name).inc()
 
-    holder = ModelHolder(spec, ref=settings.model_ref, poll_interval_s=settings.poll_interval_s,
-                         threads=settings.booster_threads, on_swap=on_swap,
-                         on_refuse=lambda version, reason: REFUSED.labels(spec.name).inc())
     MODEL_VERSION.labels(spec.name).set(0)
-    store = PredictionStore(spec, settings.database_url or database_url(), min_size=settings.db_pool_min,
-                            max_size=settings.db_pool_max, timeout_s=settings.db_timeout_s,
-                            latest_ttl_s=settings.latest_ttl_s)
-    app.extensions[EXTENSION_KEY] = ServingState(spec=spec, settings=settings, holder=holder, store=store)
-    # The MLflow protocol parses against the logged signature's inputs (the encoded frame).
-    app.config["MLFLOW_INPUT_SCHEMA"] = mlflow_protocol.input_schema(spec)
+    return ModelHolder(spec, ref=settings.model_ref, poll_interval_s=settings.poll_interval_s,
+                       threads=settings.booster_threads, on_swap=on_swap,
+                       on_refuse=lambda version, reason: REFUSED.labels(spec.name).inc())
 
-    register_error_handlers(app)
+
+def default_store(settings: Settings, spec: ModelSpec) -> PredictionStore:
+    """The worker's one database pool (not opened)."""
+    return PredictionStore(spec, settings.database_url or database_url(), min_size=settings.db_pool_min,
+                           max_size=settings.db_pool_max, timeout_s=settings.db_timeout_s,
+                           latest_ttl_s=settings.latest_ttl_s)
+
+
+def create_app(settings: Settings | None = None, *, holder: ModelHolder | None = None, store: Store | None = None,
+               protocols: list[Protocol] | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    spec = load_spec(settings.model)
+    if holder is not None and holder.spec.name != spec.name:
+        raise ValueError(f"the holder serves model '{holder.spec.name}', the settings name '{spec.name}'")
+    own_holder = default_holder(settings, spec) if holder is None else None
+    own_store = default_store(settings, spec) if store is None else None
+    holder = holder or own_holder
+    store = store or own_store
+    protocols = PROTOCOLS if protocols is None else protocols
+
+    app = Flask(__name__, static_folder=None)  # every route is declared: no implicit /static
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes  # the body limit, for every protocol
+    app.json.sort_keys = False  # keep response keys in the documented order
+    app.extensions[EXTENSION_KEY] = DataPlane(spec, settings, holder, store)
+    register_error_handlers(app)  # unmatched routes (404, 405) in the platform's shape
     register_middleware(app, spec.name)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(v1.bp)
-    app.register_blueprint(mlflow_protocol.bp)
-    app.register_blueprint(oip.bp)
-    app.register_blueprint(meta.bp)
-    app.register_blueprint(jobs.bp)  # async jobs (serving/jobs.py)
+    # Raises UndeclaredRouteError for a URL rule without a declaration: before anything is started.
+    install(app, protocols, authorizer=Authorizer.from_token(settings.api_token), model=spec.name)
+    app.extensions[OPENAPI_KEY] = json.dumps(document(spec, protocols)).encode()
 
-    if start_holder:
-        store.open()
-        holder.start()
-        atexit.register(holder.stop)
-        atexit.register(store.close)
+    if own_store is not None:
+        own_store.open()
+        atexit.register(own_store.close)
+    if own_holder is not None:
+        own_holder.start()
+        atexit.register(own_holder.stop)
     return app

@@ -40,6 +40,16 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message, "column": self.column, "row": self.row}}
 
 
+# The body every error of the platform's own routes has (v1, jobs, operations), as documented in OpenAPI.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error"], "additionalProperties": False,
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message", "column", "row"], "additionalProperties": False,
+        "properties": {"code": {"type": "string", "description": "stable, machine-readable"},
+                       "message": {"type": "string", "description": "names what is wrong"},
+                       "column": {"type": ["string", "null"]}, "row": {"type": ["integer", "null"]}}}}}
+
+
 def input_error_status(exc: InputError) -> int:
     if isinstance(exc, _STRUCTURAL) or type(exc) is InputError:
         return 400

@@ -1,17 +1,15 @@
-"""Per-request plumbing: request id (X-Request-ID in and out), metrics per route/status, bearer-token auth."""
+"""Per-request plumbing: request id (X-Request-ID in and out), metrics per route/status (auth: serving/auth.py)."""
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Request, request
+from flask import Flask, Request
 
-from serving.errors import ApiError
 from serving.metrics import LATENCY, REQUESTS
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -75,15 +73,3 @@ class RequestTelemetry:
 def register_middleware(app: Flask, model: str) -> None:
     app.request_class = TelemetryRequest
     app.wsgi_app = RequestTelemetry(app.wsgi_app, model)  # type: ignore[method-assign]
-
-
-def require_token(token: str | None) -> None:
-    """Raise 401 unless the request carries `Authorization: Bearer <token>` (no-op when no token is set)."""
-    if not token:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(401, "unauthorized",
-                       "missing or wrong bearer token: send 'Authorization: Bearer <SERVING_API_TOKEN>'",
-                       headers={"WWW-Authenticate": 'Bearer realm="serving"'})

@@ -126,14 +126,22 @@ class ModelHolder:
                 log.error("model %s: %s; still serving %s", self.spec.name, reason, self.version)
                 self._callback(self.on_refuse, version, reason)
                 return False
-            old = self._current
-            self._current = candidate  # the atomic swap: one reference rebind
-            if old is not None:
-                self.stats.reloads += 1
-            log.info("model %s: now serving version %s (was %s)", self.spec.name, version,
-                     old.version if old else None)
-            self._callback(self.on_swap, old, candidate)
+            self._swap(candidate)
             return True
+
+    def install(self, scorer: Scorer) -> None:
+        """Serve `scorer` now (a version built elsewhere, e.g. in a test), through the same swap as a reload."""
+        with self._lock:
+            self._swap(scorer)
+
+    def _swap(self, candidate: Scorer) -> None:
+        old = self._current
+        self._current = candidate  # the atomic swap: one reference rebind
+        if old is not None:
+            self.stats.reloads += 1
+        log.info("model %s: now serving version %s (was %s)", self.spec.name, candidate.version,
+                 old.version if old else None)
+        self._callback(self.on_swap, old, candidate)
 
     @staticmethod
     def _callback(fn: Callable[..., None] | None, *args: Any) -> None:

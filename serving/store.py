@@ -1,4 +1,6 @@
-"""Precomputed predictions: primary-key lookups in the spec's prediction table through a connection pool.
+"""The serving database of one worker: precomputed lookups and the job queue, through ONE connection pool.
+
+Precomputed predictions are primary-key lookups in the spec's prediction table.
 
 The date served by default is the latest *complete* one: the max prediction_date of a successful batch run in
 ops.batch_runs (never a half-loaded day). It is cached for a few seconds so that a lookup is one query.
@@ -18,13 +20,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import pq, sql
 from psycopg.errors import error_from_result
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from scoring import job_queue
 from scoring.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,20 @@ class Precomputed:
     model_version: int
     run_id: str
     scored_at: dt.datetime
+
+
+class Store(Protocol):
+    """What the data plane needs from the database (PredictionStore here; an in-memory fake in route tests)."""
+
+    def latest_date(self) -> dt.date | None: ...
+    def latest_features(self, entity_id: int) -> tuple[dt.date, dict[str, Any]] | None: ...
+    def get_many(self, entity_ids: list[int], day: dt.date) -> dict[int, Precomputed]: ...
+    def document(self, entity_id: int, day: dt.date) -> bytes | None: ...
+    def ping(self) -> bool: ...
+    def submit_job(self, model: str, records: list[dict[str, Any]], idempotency_key: str | None
+                   ) -> tuple[job_queue.Job, bool]: ...
+    def get_job(self, job_id: Any) -> job_queue.Job: ...
+    def cancel_job(self, job_id: Any) -> job_queue.Job: ...
 
 
 class PredictionStore:
@@ -148,6 +165,20 @@ class PredictionStore:
         with self._connection() as conn:
             return _prepared_value(conn.pgconn, b"serving_lookup_document", self._document_q,
                                    [day.isoformat().encode(), str(entity_id).encode()])
+
+    # The job queue, on the same pool (raises the queue's own errors; StoreUnavailable when the DB is down).
+    def submit_job(self, model: str, records: list[dict[str, Any]], idempotency_key: str | None
+                   ) -> tuple[job_queue.Job, bool]:
+        with self._connection() as conn:
+            return job_queue.submit(conn, model, records, idempotency_key=idempotency_key)
+
+    def get_job(self, job_id: Any) -> job_queue.Job:
+        with self._connection() as conn:
+            return job_queue.get(conn, job_id)
+
+    def cancel_job(self, job_id: Any) -> job_queue.Job:
+        with self._connection() as conn:
+            return job_queue.cancel(conn, job_id)
 
     def ping(self) -> bool:
         try:

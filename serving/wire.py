@@ -1,11 +1,12 @@
-"""Reading request bodies: content type, size and JSON checks that name what is wrong."""
+"""JSON over HTTP for the platform's own routes: reading bodies (with checks that name what is wrong) and
+writing answers."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from flask import request
+from flask import Response, request
 
 from serving.errors import ApiError
 
@@ -27,6 +28,23 @@ def json_body() -> Any:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
 
 
-def check_rows(n: int, limit: int) -> None:
-    if n > limit:
-        raise ApiError(413, "too_many_rows", f"{n} rows in one request; the limit is {limit} (SERVING_MAX_ROWS)")
+def records_body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A `{"records": [...], ...}` body (live predict and jobs): (the body, its records), each record an object."""
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", 'expected a JSON object {"records": [...]}')
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field '{unknown[0]}' (allowed: {', '.join(allowed)})")
+    records = body.get("records")
+    if not isinstance(records, list) or not records:
+        raise ApiError(400, "invalid_records", "'records' must be a non-empty list of objects")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ApiError(400, "invalid_records", f"row {i}: each record must be an object", row=i)
+    return body, records
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response without Flask's provider machinery (measurably cheaper on the hot routes)."""
+    return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")

@@ -12,17 +12,31 @@ import pytest
 from scoring import job_queue
 from scoring.demo_data import generate_day
 from scoring.scorer import Scorer
+from scoring.spec import load_spec
 from serving.app import create_app
 from serving.config import Settings
+from serving.model_holder import ModelHolder
+from serving.store import PredictionStore
 
 GOOD = {"tenure_months": 10, "plan": "basic", "contract": "one-year", "region": None, "payment_method": "card",
         "monthly_charges": 55.5, "data_usage_gb": 3.2, "avg_session_minutes": None, "support_calls_30d": 1,
         "late_payments_12m": 0, "num_products": 2, "days_since_last_login": 4}
 
 
+def jobs_app(url: str, **settings):
+    """The real app on the real store (the worker's one pool); the holder is never started (no model needed to
+    queue): returns (app, store), the store to close."""
+    spec = load_spec("churn")
+    store = PredictionStore(spec, url, timeout_s=settings.get("db_timeout_s", 2.0)).open()
+    app = create_app(Settings(model="churn", database_url=url, **settings), holder=ModelHolder(spec), store=store)
+    return app, store
+
+
 @pytest.fixture(scope="module")
 def app(db_url):
-    return create_app("churn", settings=Settings(model="churn", database_url=db_url), start_holder=False)
+    app, store = jobs_app(db_url)
+    yield app
+    store.close()
 
 
 @pytest.fixture
@@ -93,9 +107,10 @@ def test_not_json_unknown_model_and_too_many_records(client, conn, monkeypatch):
     assert client.post("/v1/models/churn/jobs", data="records", content_type="text/plain").status_code == 415
     other = client.post("/v1/models/spend/jobs", json={"records": [GOOD]})
     assert other.status_code == 404 and "churn" in other.json["error"]["message"]
-    from serving import jobs
+    from serving.dataplane import EXTENSION_KEY
 
-    monkeypatch.setattr(jobs, "MAX_RECORDS", 5)  # the setting (SERVING_JOB_MAX_RECORDS), small for the test
+    # the setting (SERVING_JOB_MAX_RECORDS), small for the test
+    monkeypatch.setattr(client.application.extensions[EXTENSION_KEY], "job_max_records", 5)
     big = client.post("/v1/models/churn/jobs", json={"records": [GOOD] * 6})
     assert big.status_code == 413 and big.json["error"]["code"] == "too_many_records"
     assert n_jobs(conn) == before
@@ -125,14 +140,14 @@ def test_cancel_queued_job_and_refuse_running(client, conn):
 
 
 def test_bearer_token_protects_the_job_routes(db_url):
-    app = create_app("churn", settings=Settings(model="churn", database_url=db_url, api_token="s3cret"),
-                     start_holder=False)
+    app, store = jobs_app(db_url, api_token="s3cret")
     client = app.test_client()
     assert client.post("/v1/models/churn/jobs", json={"records": [GOOD]}).status_code == 401
     assert client.get(f"/v1/jobs/{uuid.uuid4()}", headers={"Authorization": "Bearer wrong"}).status_code == 401
     ok = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 202
     client.delete(ok.json["status_url"], headers={"Authorization": "Bearer s3cret"})
+    store.close()
 
 
 def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
@@ -166,7 +181,7 @@ def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
 
 def test_job_routes_are_in_the_openapi_document(client):
     doc = client.get("/openapi.json").json
-    assert doc["paths"]["/v1/models/{model}/jobs"]["post"]["security"] == [{"bearer": []}]
+    assert doc["paths"]["/v1/models/{model}/jobs"]["post"]["security"] == [{"bearer": ["predict"]}]
     assert {"get", "delete"} <= set(doc["paths"]["/v1/jobs/{job_id}"])
     assert doc["paths"]["/v1/jobs/{job_id}"]["get"]["tags"] == ["jobs"]
 
@@ -175,14 +190,11 @@ def test_queue_database_down_is_503_not_500():
     from stack.pg import free_port
 
     down = f"postgresql://postgres@127.0.0.1:{free_port()}/serving"
-    app = create_app("churn", settings=Settings(model="churn", database_url=down, db_timeout_s=0.5),
-                     start_holder=False)
+    app, store = jobs_app(down, db_timeout_s=0.5)
     client = app.test_client()
     resp = client.post("/v1/models/churn/jobs", json={"records": [GOOD]})
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
     assert client.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 503
     # bad input is still refused first, without touching the database
     assert client.post("/v1/models/churn/jobs", json={"records": [{**GOOD, "plan": "gold"}]}).status_code == 422
-    from serving.jobs import POOL_KEY
-
-    app.extensions[POOL_KEY].close()  # stop its reconnect attempts
+    store.close()  # stop its reconnect attempts

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from scoring.db import connect
 from scoring.store import ensure_day_partition, ensure_prediction_table
-from serving.lookup import PredictionStore, StoreUnavailable
+from serving.store import PredictionStore, StoreUnavailable
 
 DAY = dt.date(2026, 3, 14)
 SCORED_AT = dt.datetime(2026, 3, 15, 2, 3, 4, 567890, tzinfo=dt.UTC)

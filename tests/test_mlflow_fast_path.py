@@ -15,7 +15,7 @@ from mlflow.pyfunc import _validate_prediction_input
 from mlflow.pyfunc.scoring_server import _decode_json_input, _split_data_and_params, infer_and_parse_data
 
 from scoring.encoding import encode
-from serving.blueprints.mlflow_protocol import input_schema, plain_numeric_matrix
+from serving.protocols.mlflow import input_schema, plain_numeric_matrix
 
 
 def mlflow_frame(raw: str, spec):

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, request
+from flask import Response, request
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import _validate_prediction_input
 from mlflow.pyfunc.scoring_server import (
@@ -33,26 +33,26 @@ from mlflow.pyfunc.scoring_server import (
 )
 from mlflow.types import ColSpec, Schema
 from mlflow.version import VERSION
-from werkzeug.exceptions import HTTPException
 
-from scoring.encoding import InputError
 from scoring.spec import ModelSpec
-from serving.blueprints.v1 import loaded_scorer
+from serving.dataplane import plane
 from serving.errors import ApiError
-from serving.metrics import ROWS
-from serving.middleware import require_token
-from serving.requests_json import check_rows
-from serving.state import state
-
-bp = Blueprint("mlflow_protocol", __name__)
+from serving.routes import PUBLIC, Protocol, Scope, json_answer
 
 _CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST",
           413: "BAD_REQUEST", 415: "BAD_REQUEST", 422: "INVALID_PARAMETER_VALUE", 503: "TEMPORARILY_UNAVAILABLE"}
 
 
+_SCHEMAS: dict[tuple[str, ...], Schema] = {}
+
+
 def input_schema(spec: ModelSpec) -> Schema:
     """The logged signature's inputs: every feature as a double column (the encoded frame training logs)."""
-    return Schema([ColSpec("double", name) for name in spec.feature_names])
+    names = tuple(spec.feature_names)
+    schema = _SCHEMAS.get(names)
+    if schema is None:
+        schema = _SCHEMAS[names] = Schema([ColSpec("double", name) for name in names])
+    return schema
 
 
 def _proto_error(status: int, message: str) -> ApiError:
@@ -64,37 +64,47 @@ def _mlflow_error(status: int, message: str, code: str | None = None) -> Respons
     return Response(body, status=status, mimetype="application/json")
 
 
-@bp.errorhandler(MlflowException)
-def _on_mlflow(exc: MlflowException) -> Response:
-    return Response(exc.serialize_as_json(), status=exc.get_http_status_code(), mimetype="application/json")
-
-
-@bp.errorhandler(ApiError)
-def _on_api(exc: ApiError) -> Response:
+def _render(exc: ApiError) -> Response:
     resp = _mlflow_error(exc.status, exc.message)
     resp.headers.update(exc.headers)
     return resp
 
 
-@bp.errorhandler(InputError)
-def _on_input(exc: InputError) -> Response:
-    return _mlflow_error(400, str(exc))
+def _on_mlflow(exc: MlflowException) -> Response:
+    return Response(exc.serialize_as_json(), status=exc.get_http_status_code(), mimetype="application/json")
 
 
-@bp.errorhandler(HTTPException)
-def _on_http(exc: HTTPException) -> Response:
-    return _mlflow_error(exc.code or 400, exc.description or exc.name)
+ERROR_SCHEMA = {"type": "object", "required": ["error_code", "message"],
+                "properties": {"error_code": {"type": "string"}, "message": {"type": "string"},
+                               "stack_trace": {"type": "string"}}}
+api = Protocol("mlflow", "MLflow's scoring protocol, as `mlflow models serve` speaks it", ERROR_SCHEMA, _render,
+               input_error=lambda exc: _proto_error(400, str(exc)), handlers={MlflowException: _on_mlflow})
+
+_TABLE = {"type": "object", "description": "one of MLflow's input forms (columns are the logged signature's: "
+                                           "every feature as a number, categories as integer codes)",
+          "minProperties": 1, "properties": {
+              "dataframe_split": {"type": "object", "properties": {"columns": {"type": "array"},
+                                                                   "data": {"type": "array"}}},
+              "dataframe_records": {"type": "array", "items": {"type": "object"}},
+              "instances": {}, "inputs": {}, "params": {"type": "object"}}}
+_PREDICTIONS = {"type": "object", "required": ["predictions"],
+                "properties": {"predictions": {"type": "array", "items": {"type": "number"}}}}
 
 
-@bp.get("/ping")
-@bp.get("/health")
+@api.route("GET", "/ping", auth=PUBLIC, summary="MLflow scoring server health (404 until the model is loaded)",
+           responses={200: json_answer("Loaded"), 404: json_answer("No model loaded yet")})
 def ping() -> Response:
     # mlflow models serve answers 200 once its model is loaded
-    ok = state().holder.current is not None
+    ok = plane().holder.current is not None
     return Response("\n", status=200 if ok else 404, mimetype="application/json")
 
 
-@bp.get("/version")
+api.route("GET", "/health", auth=PUBLIC, summary="MLflow scoring server health (as /ping)", endpoint="health",
+          responses={200: json_answer("Loaded"), 404: json_answer("No model loaded yet")})(ping)
+
+
+@api.route("GET", "/version", auth=PUBLIC, summary="MLflow version",
+           responses={200: json_answer("The MLflow version, as plain text")})
 def version() -> Response:
     return Response(VERSION, status=200, mimetype="application/json")
 
@@ -116,16 +126,19 @@ def _parse(mime: str, data: bytes) -> Any:
         except UnicodeDecodeError as exc:
             raise _proto_error(400, f"Invalid input. Ensure that input is a valid UTF-8 encoded string. "
                                 f"Error: '{exc!r}'") from exc
-        return parse_csv_input(io.StringIO(text), schema=current_app.config["MLFLOW_INPUT_SCHEMA"])
+        return parse_csv_input(io.StringIO(text), schema=input_schema(plane().spec))
     decoded = _decode_json_input(data)  # MlflowInvalidInputException -> 400 BAD_REQUEST
     payload, _params = _split_data_and_params(decoded)  # params are accepted and, like xgboost's pyfunc, unused
-    return infer_and_parse_data(payload, current_app.config["MLFLOW_INPUT_SCHEMA"])
+    return infer_and_parse_data(payload, input_schema(plane().spec))
 
 
-@bp.post("/invocations")
+@api.route("POST", "/invocations", auth=Scope("predict"),
+           summary="MLflow scoring protocol (dataframe_split, dataframe_records, instances, inputs; JSON or CSV); "
+                   "answers class labels for a classifier, values for a regressor",
+           request={"application/json": _TABLE, "text/csv": {"type": "string"}},
+           responses={200: json_answer("Predictions", _PREDICTIONS)}, errors=(400, 413, 415, 503))
 def invocations() -> Response:
-    st = state()
-    require_token(st.settings.api_token)
+    dp = plane()
     mime, params = _content_type()
     if params.get("charset", "utf-8").lower() != "utf-8":
         raise _proto_error(415, "The scoring server only supports UTF-8")
@@ -137,20 +150,18 @@ def invocations() -> Response:
         raise _proto_error(415, f"This predictor only supports the following content types: Types: "
                             f"{[CONTENT_TYPE_CSV, CONTENT_TYPE_JSON]}. Got '{request.headers.get('Content-Type')}'.")
     raw = request.get_data(cache=False)
-    inputs = plain_numeric_matrix(raw, st.spec.feature_names) if mime == CONTENT_TYPE_JSON else None
+    inputs = plain_numeric_matrix(raw, dp.spec.feature_names) if mime == CONTENT_TYPE_JSON else None
     if inputs is None:
         data = _parse(mime, raw)
-        schema = current_app.config["MLFLOW_INPUT_SCHEMA"]
+        schema = input_schema(dp.spec)
         try:
             inputs, _ = _validate_prediction_input(data, None, schema, None, "mlflow.xgboost")
         except MlflowException as exc:
             exc.message = f"Failed to predict data '{data}'. \nError: {exc.message}"
             raise
-    check_rows(len(inputs), st.settings.max_rows)
-    scorer = loaded_scorer(st)
     # MLflow ignores columns the signature does not name; so do we here (not on the platform's own API).
-    values = scorer.predict_matrix(scorer.encode(inputs, allow_extra=True).matrix).values()
-    ROWS.labels(st.spec.name, "live").inc(len(values))
+    _, preds = dp.predict_encoded(len(inputs), lambda scorer: scorer.encode(inputs, allow_extra=True).matrix)
+    values = preds.values()
     return Response(json.dumps({"predictions": values.tolist()}), status=200, mimetype="application/json")
 
 

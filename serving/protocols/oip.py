@@ -13,19 +13,14 @@ import struct
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Response, request
 
-from scoring.encoding import InputError, encode_columns
+from scoring.encoding import encode_columns
 from scoring.spec import ModelSpec
-from serving.blueprints.v1 import loaded_scorer
+from serving.dataplane import plane
 from serving.errors import ApiError
-from serving.metrics import ROWS
-from serving.middleware import require_token
-from serving.requests_json import check_rows
-from serving.state import state
-
-bp = Blueprint("oip", __name__)
+from serving.routes import PUBLIC, Protocol, Scope, json_answer
+from serving.wire import json_response
 
 SERVER_NAME = "model-serving-platform"
 SERVER_VERSION = "0.1.0"
@@ -34,37 +29,18 @@ _NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np
           "FP32": np.float32, "FP64": np.float64}
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    resp = jsonify({"error": message})
-    resp.status_code = status
-    resp.headers.update(headers or {})
-    return resp
+def _render(exc: ApiError) -> Response:
+    return json_response({"error": exc.message}, exc.status, exc.headers)
 
 
-@bp.errorhandler(ApiError)
-def _on_api(exc: ApiError) -> Response:
-    return _error(exc.status, exc.message, exc.headers)
-
-
-@bp.errorhandler(InputError)
-def _on_input(exc: InputError) -> Response:
-    return _error(400, str(exc))
-
-
-@bp.errorhandler(HTTPException)
-def _on_http(exc: HTTPException) -> Response:
-    return _error(exc.code or 400, exc.description or exc.name)
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "additionalProperties": False,
+                "properties": {"error": {"type": "string"}}}
+api = Protocol("oip", "The Open Inference Protocol (KServe v2 / Triton) REST API", ERROR_SCHEMA, _render,
+               input_error=lambda exc: _bad(str(exc)))
 
 
 def _bad(message: str) -> ApiError:
     return ApiError(400, "invalid_input", message)
-
-
-def _check_model(model: str) -> ModelSpec:
-    spec = state().spec
-    if model != spec.name:
-        raise ApiError(404, "unknown_model", f"unknown model '{model}': this server serves '{spec.name}'")
-    return spec
 
 
 def _outputs(spec: ModelSpec) -> list[dict[str, Any]]:
@@ -79,41 +55,71 @@ def _inputs(spec: ModelSpec) -> list[dict[str, Any]]:
     return [{"name": f.name, "datatype": types[f.type], "shape": [-1]} for f in spec.features]
 
 
-@bp.get("/v2/health/live")
+_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"],
+           "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
+                          "shape": {"type": "array", "items": {"type": "integer"}}, "data": {"type": "array"},
+                          "parameters": {"type": "object"}}}
+_INFER_REQUEST = {"type": "object", "required": ["inputs"],
+                  "properties": {"id": {"type": "string"}, "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+                                 "outputs": {"type": "array", "items": {"type": "object"}},
+                                 "parameters": {"type": "object"}}}
+_INFER_RESPONSE = {"type": "object", "required": ["model_name", "model_version", "outputs"],
+                   "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
+                                  "id": {"type": "string"}, "outputs": {"type": "array", "items": _TENSOR}}}
+_METADATA = {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+             "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+                            "platform": {"type": "string"}, "inputs": {"type": "array"},
+                            "outputs": {"type": "array"}}}
+_READY = {"type": "object", "required": ["ready"], "properties": {"name": {"type": "string"},
+                                                                  "ready": {"type": "boolean"}}}
+_NOT_READY = json_answer("Not ready", _READY)
+
+
+@api.route("GET", "/v2/health/live", auth=PUBLIC, summary="OIP server live",
+           responses={200: json_answer("Live", {"type": "object", "properties": {"live": {"type": "boolean"}}})})
 def live() -> Response:
-    return jsonify({"live": True})
+    return json_response({"live": True})
 
 
-@bp.get("/v2/health/ready")
+@api.route("GET", "/v2/health/ready", auth=PUBLIC, summary="OIP server ready (a model version is loaded)",
+           responses={200: json_answer("Ready", _READY), 503: _NOT_READY})
 def ready() -> Response:
-    ok = state().holder.current is not None
-    return jsonify({"ready": ok}), (200 if ok else 503)
+    ok = plane().holder.current is not None
+    return json_response({"ready": ok}, 200 if ok else 503)
 
 
-@bp.get("/v2")
+@api.route("GET", "/v2", auth=PUBLIC, summary="OIP server metadata",
+           responses={200: json_answer("Server metadata", {"type": "object", "required": ["name", "version"]})})
 def server_metadata() -> Response:
-    return jsonify({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+    return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
 
 
-@bp.get("/v2/models/<model>")
-@bp.get("/v2/models/<model>/versions/<version>")
+def _loaded_version() -> str | None:
+    scorer = plane().holder.current
+    return scorer.version if scorer is not None else None
+
+
+@api.route("GET", "/v2/models/<model>", auth=PUBLIC, summary="OIP model metadata",
+           responses={200: json_answer("Model metadata", _METADATA)}, errors=(404,))
+@api.route("GET", "/v2/models/<model>/versions/<version>", auth=PUBLIC, summary="OIP model metadata of a version",
+           responses={200: json_answer("Model metadata", _METADATA)}, errors=(404,), endpoint="version_metadata")
 def model_metadata(model: str, version: str | None = None) -> Response:
-    spec = _check_model(model)
-    scorer = state().holder.current
-    loaded = scorer.version if scorer is not None else None
+    spec = plane().spec
+    loaded = _loaded_version()
     if version is not None and version != loaded:
         raise ApiError(404, "unknown_version", f"model '{model}' version {version} is not loaded (loaded: {loaded})")
-    return jsonify({"name": spec.name, "versions": [loaded] if loaded else [], "platform": "xgboost",
-                    "inputs": _inputs(spec), "outputs": _outputs(spec)})
+    return json_response({"name": spec.name, "versions": [loaded] if loaded else [], "platform": "xgboost",
+                          "inputs": _inputs(spec), "outputs": _outputs(spec)})
 
 
-@bp.get("/v2/models/<model>/ready")
-@bp.get("/v2/models/<model>/versions/<version>/ready")
+@api.route("GET", "/v2/models/<model>/ready", auth=PUBLIC, summary="OIP model ready",
+           responses={200: json_answer("Ready", _READY), 503: _NOT_READY}, errors=(404,))
+@api.route("GET", "/v2/models/<model>/versions/<version>/ready", auth=PUBLIC, summary="OIP model version ready",
+           responses={200: json_answer("Ready", _READY), 503: _NOT_READY}, errors=(404,), endpoint="version_ready")
 def model_ready(model: str, version: str | None = None) -> Response:
-    spec = _check_model(model)
-    scorer = state().holder.current
-    ok = scorer is not None and (version is None or version == scorer.version)
-    return jsonify({"name": spec.name, "ready": ok}), (200 if ok else 503)
+    loaded = _loaded_version()
+    ok = loaded is not None and (version is None or version == loaded)
+    return json_response({"name": plane().spec.name, "ready": ok}, 200 if ok else 503)
 
 
 def _read_request() -> tuple[dict[str, Any], bytes]:
@@ -219,21 +225,21 @@ def _columns(spec: ModelSpec, doc: dict[str, Any], binary: bytes) -> tuple[dict[
     return columns, int(rows or 0)
 
 
-@bp.post("/v2/models/<model>/infer")
-@bp.post("/v2/models/<model>/versions/<version>/infer")
+_INFER = {"responses": {200: json_answer("Output tensors (JSON, or the binary extension as "
+                                        "application/octet-stream)", _INFER_RESPONSE)},
+          "errors": (400, 404, 413, 503), "request": {"application/json": _INFER_REQUEST,
+                                                       "application/octet-stream": None}}
+
+
+@api.route("POST", "/v2/models/<model>/infer", auth=Scope("predict"),
+           summary="OIP inference (JSON tensors, binary tensor extension)", **_INFER)
+@api.route("POST", "/v2/models/<model>/versions/<version>/infer", auth=Scope("predict"),
+           summary="OIP inference on a version", endpoint="version_infer", **_INFER)
 def infer(model: str, version: str | None = None) -> Response:
-    st = state()
-    require_token(st.settings.api_token)
-    spec = _check_model(model)
+    spec = plane().spec
     doc, binary = _read_request()
     columns, n_rows = _columns(spec, doc, binary)
-    check_rows(n_rows, st.settings.max_rows)
-    scorer = loaded_scorer(st)
-    if version is not None and version != scorer.version:
-        raise ApiError(404, "unknown_version", f"model '{model}' version {version} is not loaded "
-                                               f"(loaded: {scorer.version})")
-    preds = scorer.predict_matrix(encode_columns(spec, columns).matrix)
-    ROWS.labels(spec.name, "live").inc(len(preds))
+    scorer, preds = plane().predict_encoded(n_rows, lambda _: encode_columns(spec, columns).matrix, version=version)
     produced = {"score": preds.scores, "label": preds.labels} if spec.is_classifier else {"prediction": preds.scores}
     dtypes = {"score": ("FP32", np.float32), "label": ("INT64", np.int64), "prediction": ("FP32", np.float32)}
     wanted = doc.get("outputs")

@@ -1,227 +1,132 @@
-"""The platform's own API: precomputed lookup, live predict (with a cache-first policy), model info."""
+"""The platform's own API: precomputed lookup (with a live fallback), live predict (cache first on request),
+model info. Errors: `{"error": {"code", "message", "column", "row"}}`."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
-from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Response, request
 
-from serving.errors import ApiError
-from serving.lookup import Precomputed, StoreUnavailable
-from serving.metrics import ROWS
-from serving.middleware import require_token
-from serving.requests_json import check_rows, json_body
-from serving.state import ServingState, state
+from serving.dataplane import FALLBACKS, plane
+from serving.errors import ERROR_SCHEMA, ApiError, error_response
+from serving.openapi import ref
+from serving.routes import PUBLIC, Param, Protocol, Scope, json_answer
+from serving.wire import json_response, records_body
 
-bp = Blueprint("v1", __name__)
+api = Protocol("v1", "The platform's API: lookups, live predictions, model info", ERROR_SCHEMA, error_response)
 
-
-def json_response(body: dict[str, Any], status: int = 200) -> Response:
-    """A JSON response without Flask's provider machinery (measurably cheaper on the hot routes)."""
-    return Response(json.dumps(body), status=status, mimetype="application/json")
-
-FALLBACKS = ("live", "precomputed")
+PREDICT = Scope("predict")
 _BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
+_STARTED = time.time()
+
+_STRING_OR_NULL = {"type": ["string", "null"]}
+_LOOKUP = {
+    "type": "object", "required": ["model", "entity_key", "entity_id", "model_version", "source"],
+    "properties": {
+        "model": {"type": "string"}, "entity_key": {"type": "string"}, "entity_id": {"type": "integer"},
+        "score": {"type": "number"}, "label": {"type": ["integer", "null"]}, "prediction": {"type": "number"},
+        "model_version": {"type": "string"}, "source": {"enum": ["precomputed", "live"]},
+        "prediction_date": {"type": "string", "format": "date", "description": "precomputed: the batch's date"},
+        "run_id": {"type": "string"}, "scored_at": {"type": "string"},
+        "features_date": {"type": "string", "format": "date", "description": "live: the features' date"}}}
+_PREDICT_BODY = {
+    "type": "object", "required": ["records"], "additionalProperties": False,
+    "properties": {"records": {"type": "array", "minItems": 1, "items": ref("Record")},
+                   "fallback": {"enum": list(FALLBACKS), "default": "live"}}}
+_PREDICTED = {
+    "type": "object", "required": ["model", "model_version", "predictions"],
+    "properties": {
+        "model": {"type": "string"}, "model_version": _STRING_OR_NULL,
+        "predictions": {"type": "array", "items": {"allOf": [ref("Prediction"), {"type": "object", "properties": {
+            "source": {"enum": ["live", "precomputed"]}, "model_version": {"type": "string"},
+            "prediction_date": {"type": "string", "format": "date"}}}]}}}}
+_MODEL_INFO = {
+    "type": "object",
+    "required": ["model", "task", "loaded_version", "loaded_at", "signature", "entity_key", "reload", "limits"],
+    "properties": {"model": {"type": "string"}, "description": {"type": "string"}, "task": {"type": "string"},
+                   "ref": {"type": "string"}, "loaded_version": _STRING_OR_NULL, "loaded_at": _STRING_OR_NULL,
+                   "signature": {"type": "object"}, "entity_key": {"type": "string"},
+                   "prediction_table": {"type": "string"}, "serving": {"type": "object"},
+                   "reload": {"type": "object"}, "limits": {"type": "object"}, "process_started": {"type": "string"}}}
 
 
-def check_model(st: ServingState, model: str) -> None:
-    if model != st.spec.name:
-        raise ApiError(404, "unknown_model", f"this deployment serves model '{st.spec.name}', not '{model}'")
-
-
-def loaded_scorer(st: ServingState):
-    scorer = st.holder.current
-    if scorer is None:
-        detail = st.holder.stats.last_error or "not loaded yet"
-        raise ApiError(503, "model_not_loaded", f"model '{st.spec.name}' has no loaded version: {detail}",
-                       headers={"Retry-After": "5"})
-    return scorer
-
-
-def _store(st: ServingState):
-    if st.store is None:
-        raise ApiError(503, "database_unavailable", "no serving database configured (DATABASE_URL)")
-    return st.store
-
-
-def _serving_date(store, day_param: str | None) -> dt.date:
-    if day_param is not None:
-        try:
-            return dt.date.fromisoformat(day_param)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_date", f"date must be YYYY-MM-DD, got {day_param!r}") from exc
-    try:
-        day = store.latest_date()
-    except StoreUnavailable as exc:
-        raise ApiError(503, "database_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
-    if day is None:
-        raise ApiError(404, "no_predictions", f"model '{store.spec.name}' has no successful batch run yet")
-    return day
-
-
-@bp.get("/v1/models/<model>/predictions/<entity_id>")
+@api.route("GET", "/v1/models/<model>/predictions/<entity_id>", auth=PREDICT,
+           summary="Latest precomputed (batch) prediction of an entity, or ?date=YYYY-MM-DD; ?fallback=live "
+                   "scores the entity's latest features on a miss",
+           params=(Param("date", {"type": "string", "format": "date"}, "a batch date (default: the latest "
+                                                                         "complete one)"),
+                   Param("fallback", {"enum": ["live"]}, "live: score a miss from the entity's latest features")),
+           responses={200: json_answer("The prediction", _LOOKUP)}, errors=(400, 404, 503))
 def lookup(model: str, entity_id: str) -> Response:
-    st = state()
-    require_token(st.settings.api_token)
-    check_model(st, model)
-    key = st.spec.source.entity_key
+    dp = plane()
+    key = dp.entity_key
     try:
         eid = int(entity_id)
     except ValueError as exc:
         raise ApiError(400, "invalid_entity_id", f"{key} must be an integer, got {entity_id!r}") from exc
     if not _BIGINT_MIN <= eid <= _BIGINT_MAX:  # the key column is bigint
         raise ApiError(400, "invalid_entity_id", f"{key} must be a 64-bit integer, got {entity_id!r}")
-    fallback = request.args.get("fallback")
+    args = request.args
+    fallback = args.get("fallback")
     if fallback not in (None, "live"):
         raise ApiError(400, "invalid_fallback", f"fallback must be 'live' (or absent), got {fallback!r}")
-    store = _store(st)
-    try:
-        day = _serving_date(store, request.args.get("date"))
-        found = store.document(eid, day)
-    except StoreUnavailable as exc:
-        raise ApiError(503, "database_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
-    except ApiError as exc:
-        if not (fallback == "live" and exc.code == "no_predictions"):
-            raise
-        day, found = None, None
-    if found is None:
-        if fallback == "live":  # compute only on a miss, from the entity's latest features
-            return _live_lookup(st, eid)
-        raise ApiError(404, "entity_not_found", f"no precomputed prediction for {key}={eid} on {day.isoformat()}",
-                       column=key)
-    st.rows_precomputed.inc()
-    return Response(found, mimetype="application/json")
+    day_param = args.get("date")
+    day = None
+    if day_param is not None:
+        try:
+            day = dt.date.fromisoformat(day_param)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_date", f"date must be YYYY-MM-DD, got {day_param!r}") from exc
+    found = dp.lookup(eid, day, fallback)
+    if isinstance(found, bytes):  # the document as the database rendered it
+        return Response(found, mimetype="application/json")
+    return json_response(found)
 
 
-def _live_lookup(st: ServingState, eid: int) -> Response:
-    key = st.spec.source.entity_key
-    try:
-        row = _store(st).latest_features(eid)
-    except StoreUnavailable as exc:
-        raise ApiError(503, "database_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
-    if row is None:
-        raise ApiError(404, "entity_not_found", f"no precomputed prediction and no features for {key}={eid}",
-                       column=key)
-    features_date, record = row
-    scorer = loaded_scorer(st)
-    item = _live_items(scorer, [record])[0]
-    ROWS.labels(st.spec.name, "live").inc()
-    return jsonify({"model": st.spec.name, "entity_key": key, "entity_id": eid, **item,
-                    "model_version": scorer.version, "features_date": features_date.isoformat(), "source": "live"})
-
-
-def _live_items(scorer, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return scorer.score(records).records()
-
-
-@bp.post("/v1/models/<model>/predict")
+@api.route("POST", "/v1/models/<model>/predict", auth=PREDICT,
+           summary='Live prediction: {"records": [...], "fallback"?: "live" | "precomputed"}; precomputed serves '
+                   "records carrying the entity key from the nightly cache and scores only the misses",
+           request={"application/json": _PREDICT_BODY}, responses={200: json_answer("One item per record",
+                                                                                     _PREDICTED)},
+           errors=(400, 404, 413, 415, 422, 503))
 def predict(model: str) -> Response:
-    """`{"records": [...], "fallback"?: "live" | "precomputed"}`.
-
-    live (default): every record is scored by the loaded model. precomputed (cache first, the Online bigsize
-    remedy): records that carry the entity key get the latest batch prediction when there is one; only the
-    misses are scored live. Each prediction says its source.
-    """
-    st = state()
-    require_token(st.settings.api_token)
-    check_model(st, model)
-    body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", 'expected a JSON object {"records": [...]}')
-    unknown = sorted(set(body) - {"records", "fallback"})
-    if unknown:
-        raise ApiError(400, "unknown_field", f"unknown field '{unknown[0]}' (allowed: records, fallback)")
-    records = body.get("records")
-    if not isinstance(records, list) or not records:
-        raise ApiError(400, "invalid_records", "'records' must be a non-empty list of objects")
-    check_rows(len(records), st.settings.max_rows)
+    body, records = records_body(("records", "fallback"))
     fallback = body.get("fallback", "live")
     if fallback not in FALLBACKS:
         raise ApiError(400, "invalid_fallback", f"'fallback' must be one of {list(FALLBACKS)}, got {fallback!r}")
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise ApiError(400, "invalid_records", f"row {i}: each record must be an object", row=i)
-    key = st.spec.source.entity_key
-    # The entity key identifies a row; it is not a feature, so it is set aside before scoring.
-    entity_ids = [rec.get(key) for rec in records]
-    features = [{k: v for k, v in rec.items() if k != key} for rec in records] \
-        if any(key in rec for rec in records) else records
-
-    cached: dict[int, Precomputed] = {}
-    if fallback == "precomputed":
-        cached = _cache_hits(st, entity_ids)
-    if fallback == "precomputed" and cached:
-        results: list[dict[str, Any] | None] = [None] * len(records)
-        miss_rows = [i for i, e in enumerate(entity_ids) if not (isinstance(e, int) and e in cached)]
-        for i, e in enumerate(entity_ids):
-            if isinstance(e, int) and e in cached:
-                p = cached[e]
-                item = {"score": p.score, "label": p.label} if st.spec.is_classifier else {"prediction": p.score}
-                results[i] = {**item, "source": "precomputed", "model_version": str(p.model_version),
-                              "prediction_date": p.prediction_date.isoformat()}
-        scorer = None
-        if miss_rows:
-            scorer = loaded_scorer(st)
-            live = _live_items(scorer, [features[i] for i in miss_rows])
-            for i, item in zip(miss_rows, live, strict=True):
-                results[i] = {**item, "source": "live", "model_version": scorer.version}
-        ROWS.labels(st.spec.name, "precomputed").inc(len(records) - len(miss_rows))
-        ROWS.labels(st.spec.name, "live").inc(len(miss_rows))
-        version = scorer.version if scorer is not None else None
-        return jsonify({"model": st.spec.name, "model_version": version, "predictions": results})
-
-    scorer = loaded_scorer(st)  # taken once: a swap mid-request cannot mix versions
-    items = _live_items(scorer, features)
-    if fallback == "precomputed" or any(e is not None for e in entity_ids):
-        for item, e in zip(items, entity_ids, strict=True):
-            item["source"] = "live"
-            if e is not None:
-                item[key] = e
-    st.rows_live.inc(len(items))
-    return json_response({"model": st.spec.name, "model_version": scorer.version, "predictions": items})
+    dp = plane()
+    version, items = dp.predict_records(records, fallback)
+    return json_response({"model": dp.spec.name, "model_version": version, "predictions": items})
 
 
-def _cache_hits(st: ServingState, entity_ids: list[Any]) -> dict[int, Precomputed]:
-    ids = sorted({e for e in entity_ids if isinstance(e, int) and not isinstance(e, bool)})
-    if not ids or st.store is None:
-        return {}
-    try:
-        day = st.store.latest_date()
-        return st.store.get_many(ids, day) if day is not None else {}
-    except StoreUnavailable:
-        return {}  # the cache is an optimisation: a down database means "score live", not an error
-
-
-@bp.get("/v1/models/<model>")
+@api.route("GET", "/v1/models/<model>", auth=PUBLIC,
+           summary="Model spec, loaded version, loaded at, signature, reload state, limits",
+           responses={200: json_answer("The model", _MODEL_INFO)}, errors=(404,))
 def model_info(model: str) -> Response:
-    st = state()
-    check_model(st, model)
-    spec = st.spec
-    scorer = st.holder.current
-    stats = st.holder.stats
+    dp = plane()
+    spec = dp.spec
+    scorer = dp.holder.current
+    stats = dp.holder.stats
     features = [{"name": f.name, "type": f.type, "nullable": f.nullable,
                  **({"categories": list(f.categories)} if f.categories else {})} for f in spec.features]
     outputs = ([{"name": "score", "type": "float"}, {"name": "label", "type": "int"}] if spec.is_classifier
                else [{"name": "prediction", "type": "float"}])
-    return jsonify({
+    return json_response({
         "model": spec.name, "description": spec.description, "task": spec.task,
-        "ref": st.settings.model_ref,
+        "ref": dp.settings.model_ref,
         "loaded_version": scorer.version if scorer else None,
-        "loaded_at": (dt.datetime.fromtimestamp(scorer.loaded_at, dt.UTC).isoformat() if scorer else None),
+        "loaded_at": _iso(scorer.loaded_at if scorer else None),
         "signature": {"inputs": features, "outputs": outputs},
         "entity_key": spec.source.entity_key, "prediction_table": spec.prediction_table,
         "serving": {"mode": spec.serving.mode, "latency_budget_ms": spec.serving.latency_budget_ms},
-        "reload": {"poll_interval_s": st.holder.poll_interval_s, "reloads": stats.reloads,
+        "reload": {"poll_interval_s": dp.holder.poll_interval_s, "reloads": stats.reloads,
                    "refused": stats.refused, "refused_versions": stats.refused_versions,
-                   "last_error": stats.last_error,
-                   "last_check_at": (dt.datetime.fromtimestamp(stats.last_check_at, dt.UTC).isoformat()
-                                     if stats.last_check_at else None)},
-        "limits": {"max_rows": st.settings.max_rows, "max_body_bytes": st.settings.max_body_bytes},
-        "process_started": dt.datetime.fromtimestamp(_STARTED, dt.UTC).isoformat(),
+                   "last_error": stats.last_error, "last_check_at": _iso(stats.last_check_at)},
+        "limits": {"max_rows": dp.max_rows, "max_body_bytes": dp.settings.max_body_bytes},
+        "process_started": _iso(_STARTED),
     })
 
 
-_STARTED = time.time()
+def _iso(ts: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else None

@@ -1,0 +1,220 @@
+"""The one prediction path every protocol goes through.
+
+Protocols (serving/protocols/) only translate their wire format in and out; this owns what they share: the
+loaded model, the row limits, the entity-key split, scoring, the row metrics, precomputed lookups (cache first)
+and the job queue, with the store's and queue's failures mapped to their HTTP answers once. (The model named in
+the URL is checked from the route declarations, serving/routes.py; the body limit is the app's
+MAX_CONTENT_LENGTH, set from the same settings.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from flask import current_app
+
+from scoring import job_queue
+from scoring.encoding import encode
+from scoring.scorer import Predictions, Scorer
+from scoring.spec import ModelSpec
+from serving.config import Settings
+from serving.errors import ApiError
+from serving.metrics import ROWS
+from serving.model_holder import ModelHolder
+from serving.store import Precomputed, Store, StoreUnavailable
+
+EXTENSION_KEY = "serving"
+FALLBACKS = ("live", "precomputed")
+
+
+class DataPlane:
+    def __init__(self, spec: ModelSpec, settings: Settings, holder: ModelHolder, store: Store) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.holder = holder
+        self.store = store
+        self.entity_key = spec.source.entity_key
+        self.max_rows = settings.max_rows
+        self.job_max_records = settings.job_max_records
+        self._rows_live = ROWS.labels(spec.name, "live")  # hot-path counters, labels resolved once
+        self._rows_precomputed = ROWS.labels(spec.name, "precomputed")
+
+    # ------------------------------------------------------------ model and limits
+
+    def scorer(self) -> Scorer:
+        """The loaded version, taken once per request: a swap mid-request cannot mix versions."""
+        scorer = self.holder.current
+        if scorer is None:
+            detail = self.holder.stats.last_error or "not loaded yet"
+            raise ApiError(503, "model_not_loaded", f"model '{self.spec.name}' has no loaded version: {detail}",
+                           headers={"Retry-After": "5"})
+        return scorer
+
+    def check_rows(self, n: int) -> None:
+        if n > self.max_rows:
+            raise ApiError(413, "too_many_rows",
+                           f"{n} rows in one request; the limit is {self.max_rows} (SERVING_MAX_ROWS)")
+
+    def db_ok(self) -> bool:
+        return self.store.ping()
+
+    # ------------------------------------------------------------ scoring
+
+    def predict_encoded(self, n_rows: int, matrix: Callable[[Scorer], np.ndarray], *,
+                        version: str | None = None) -> tuple[Scorer, Predictions]:
+        """Score a protocol's input, encoded by `matrix(scorer)` once the row limit and the model are known."""
+        self.check_rows(n_rows)
+        scorer = self.scorer()
+        if version is not None and version != scorer.version:
+            raise ApiError(404, "unknown_version", f"model '{self.spec.name}' version {version} is not loaded "
+                                                   f"(loaded: {scorer.version})")
+        preds = scorer.predict_matrix(matrix(scorer))
+        self._rows_live.inc(len(preds))
+        return scorer, preds
+
+    def predict_records(self, records: list[dict[str, Any]], fallback: str = "live"
+                        ) -> tuple[str | None, list[dict[str, Any]]]:
+        """(model version, one item per record). live: every record is scored. precomputed (cache first): records
+        carrying the entity key get the latest batch prediction when there is one, only misses are scored."""
+        self.check_rows(len(records))
+        key = self.entity_key
+        # The entity key identifies a row; it is not a feature, so it is set aside before scoring.
+        features, ids = job_queue.split_entity_key(records, key)
+        if fallback == "precomputed" and ids is not None:
+            cached = self._cache_hits(ids)
+            if cached:
+                return self._cache_first(features, ids, cached)
+        scorer = self.scorer()
+        items = scorer.score(features).records()
+        if fallback == "precomputed" or (ids is not None and any(e is not None for e in ids)):
+            for item, e in zip(items, ids or [None] * len(items), strict=True):
+                item["source"] = "live"
+                if e is not None:
+                    item[key] = e
+        self._rows_live.inc(len(items))
+        return scorer.version, items
+
+    def _cache_first(self, features: Sequence[dict[str, Any]], ids: list[Any], cached: dict[int, Precomputed]
+                     ) -> tuple[str | None, list[dict[str, Any]]]:
+        results: list[dict[str, Any] | None] = [None] * len(ids)
+        miss_rows = [i for i, e in enumerate(ids) if not (isinstance(e, int) and e in cached)]
+        for i, e in enumerate(ids):
+            if isinstance(e, int) and e in cached:
+                p = cached[e]
+                item = {"score": p.score, "label": p.label} if self.spec.is_classifier else {"prediction": p.score}
+                results[i] = {**item, "source": "precomputed", "model_version": str(p.model_version),
+                              "prediction_date": p.prediction_date.isoformat()}
+        version = None
+        if miss_rows:
+            scorer = self.scorer()
+            version = scorer.version
+            live = scorer.score([features[i] for i in miss_rows]).records()
+            for i, item in zip(miss_rows, live, strict=True):
+                results[i] = {**item, "source": "live", "model_version": version}
+        self._rows_precomputed.inc(len(ids) - len(miss_rows))
+        self._rows_live.inc(len(miss_rows))
+        return version, results  # type: ignore[return-value]  # every slot is filled
+
+    def _cache_hits(self, entity_ids: list[Any]) -> dict[int, Precomputed]:
+        ids = sorted({e for e in entity_ids if isinstance(e, int) and not isinstance(e, bool)})
+        if not ids:
+            return {}
+        try:
+            day = self.store.latest_date()
+            return self.store.get_many(ids, day) if day is not None else {}
+        except StoreUnavailable:
+            return {}  # the cache is an optimisation: a down database means "score live", not an error
+
+    # ------------------------------------------------------------ precomputed lookups
+
+    def lookup(self, entity_id: int, day: dt.date | None, fallback: str | None) -> bytes | dict[str, Any]:
+        """The entity's precomputed document (bytes, rendered by the database) on `day` (default: the latest
+        complete date); with fallback='live' a miss is scored from the entity's latest features (a dict)."""
+        key = self.entity_key
+        try:
+            if day is None:
+                day = self.store.latest_date()
+            found = self.store.document(entity_id, day) if day is not None else None
+        except StoreUnavailable as exc:
+            raise _db_unavailable(exc) from exc
+        if found is not None:
+            self._rows_precomputed.inc()
+            return found
+        if fallback == "live":  # compute only on a miss, from the entity's latest features
+            return self._live_lookup(entity_id)
+        if day is None:
+            raise ApiError(404, "no_predictions", f"model '{self.spec.name}' has no successful batch run yet")
+        raise ApiError(404, "entity_not_found",
+                       f"no precomputed prediction for {key}={entity_id} on {day.isoformat()}", column=key)
+
+    def _live_lookup(self, entity_id: int) -> dict[str, Any]:
+        key = self.entity_key
+        try:
+            row = self.store.latest_features(entity_id)
+        except StoreUnavailable as exc:
+            raise _db_unavailable(exc) from exc
+        if row is None:
+            raise ApiError(404, "entity_not_found",
+                           f"no precomputed prediction and no features for {key}={entity_id}", column=key)
+        features_date, record = row
+        scorer = self.scorer()
+        item = scorer.score([record]).records()[0]
+        self._rows_live.inc()
+        return {"model": self.spec.name, "entity_key": key, "entity_id": entity_id, **item,
+                "model_version": scorer.version, "features_date": features_date.isoformat(), "source": "live"}
+
+    # ------------------------------------------------------------ the job queue
+
+    def submit_job(self, records: list[dict[str, Any]], idempotency_key: str | None) -> tuple[job_queue.Job, bool]:
+        """Validate with live predict's encoder (the same 4xx; nothing is queued), then queue: (job, created).
+        Validation needs only the spec, so submits are accepted even while no model version is loaded."""
+        if len(records) > self.job_max_records:
+            raise ApiError(413, "too_many_records", f"{len(records)} records in one job; the limit is "
+                                                    f"{self.job_max_records} (SERVING_JOB_MAX_RECORDS)")
+        features, _ = job_queue.split_entity_key(records, self.entity_key)
+        encode(self.spec, features)
+        try:
+            return self.store.submit_job(self.spec.name, records, idempotency_key)
+        except job_queue.IdempotencyConflict as exc:
+            raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
+        except ValueError as exc:  # a value the encoder accepts but JSON storage cannot hold (e.g. Infinity)
+            raise ApiError(422, "invalid_input", str(exc)) from exc
+        except StoreUnavailable as exc:
+            raise _queue_unavailable(exc) from exc
+
+    def get_job(self, raw_id: str) -> job_queue.Job:
+        return self._job_op(self.store.get_job, raw_id)
+
+    def cancel_job(self, raw_id: str) -> job_queue.Job:
+        return self._job_op(self.store.cancel_job, raw_id)
+
+    @staticmethod
+    def _job_op(op: Callable[[Any], job_queue.Job], raw_id: str) -> job_queue.Job:
+        try:
+            job_id = job_queue.parse_job_id(raw_id)
+        except ValueError as exc:
+            raise ApiError(400, "malformed_job_id", str(exc)) from exc
+        try:
+            return op(job_id)
+        except job_queue.JobNotFound as exc:
+            raise ApiError(404, "job_not_found", str(exc)) from exc
+        except job_queue.JobStateError as exc:
+            raise ApiError(409, "job_not_cancellable", str(exc)) from exc
+        except StoreUnavailable as exc:
+            raise _queue_unavailable(exc) from exc
+
+
+def _db_unavailable(exc: StoreUnavailable) -> ApiError:
+    return ApiError(503, "database_unavailable", str(exc), headers={"Retry-After": "5"})
+
+
+def _queue_unavailable(exc: StoreUnavailable) -> ApiError:
+    return ApiError(503, "unavailable", f"the job queue database is unavailable: {exc}", headers={"Retry-After": "1"})
+
+
+def plane() -> DataPlane:
+    """The data plane of the app handling the current request."""
+    return current_app.extensions[EXTENSION_KEY]
