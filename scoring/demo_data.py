@@ -15,6 +15,10 @@ next_month_spend = monthly_charges * (1 + 0.08 * num_products) + 1.8 * data_usag
 
 About 3% of region, data_usage_gb, avg_session_minutes and days_since_last_login are missing (NULL).
 A model that learns these relations is measurably better than a constant or a shuffled-label model.
+
+Planted drift (`drift_from`, CLI `--drift-from YYYY-MM-DD`, off by default): from that date on, every customer's
+avg_session_minutes is DRIFT_FACTOR (1.6) times longer, as after an app release; nothing else changes, and the
+labels follow the drifted value (next_month_spend uses it). The monitor then reports drift on exactly that feature.
 """
 
 from __future__ import annotations
@@ -45,14 +49,17 @@ COLUMNS = [
     "num_products", "days_since_last_login", "churned", "next_month_spend",
 ]
 _EPOCH = dt.date(2020, 1, 1)
+DRIFT_FEATURE = "avg_session_minutes"
+DRIFT_FACTOR = 1.6
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def generate_day(day: dt.date, n_customers: int, seed: int = 7) -> pd.DataFrame:
-    """One day's snapshot for customers 1..n_customers (deterministic for (day, n_customers, seed))."""
+def generate_day(day: dt.date, n_customers: int, seed: int = 7, drift_from: dt.date | None = None) -> pd.DataFrame:
+    """One day's snapshot for customers 1..n_customers (deterministic for (day, n_customers, seed, drifted));
+    from `drift_from` on, DRIFT_FEATURE is DRIFT_FACTOR times its usual value."""
     traits = np.random.default_rng(seed)
     plan_i = traits.choice(3, n_customers, p=[0.45, 0.35, 0.20])
     contract_i = traits.choice(3, n_customers, p=[0.5, 0.3, 0.2])
@@ -67,7 +74,10 @@ def generate_day(day: dt.date, n_customers: int, seed: int = 7) -> pd.DataFrame:
     tenure = (signup_days_ago + (day - _EPOCH).days % 30) // 30
     charges = np.round(base_charge * (1 + 0.03 * products) + rng.normal(0, 1.5, n_customers), 2)
     usage = np.round(rng.gamma(2.0, 4.0 + 3 * plan_i), 2)
-    sessions = np.round(rng.gamma(3.0, 6.0, n_customers), 1)
+    sessions = rng.gamma(3.0, 6.0, n_customers)
+    if drift_from is not None and day >= drift_from:
+        sessions = sessions * DRIFT_FACTOR  # the planted drift
+    sessions = np.round(sessions, 1)
     calls = rng.poisson(0.6 + 0.4 * (contract_i == 0), n_customers)
     last_login = rng.poisson(4 + 6 * (calls > 1), n_customers)
 
@@ -131,13 +141,14 @@ def write_day(conn: psycopg.Connection, frame: pd.DataFrame, day: dt.date) -> in
     return len(frame)
 
 
-def seed_history(end: dt.date, days: int, n_customers: int, seed: int = 7, url: str | None = None) -> int:
+def seed_history(end: dt.date, days: int, n_customers: int, seed: int = 7, url: str | None = None,
+                 drift_from: dt.date | None = None) -> int:
     """Write `days` daily snapshots ending at `end` (inclusive)."""
     total = 0
     with connect(url) as conn:
         for offset in range(days - 1, -1, -1):
             day = end - dt.timedelta(days=offset)
-            total += write_day(conn, generate_day(day, n_customers, seed), day)
+            total += write_day(conn, generate_day(day, n_customers, seed, drift_from), day)
     return total
 
 
@@ -147,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=35)
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--drift-from", type=dt.date.fromisoformat, default=None, metavar="YYYY-MM-DD",
+                        help=f"plant drift from this date on: {DRIFT_FEATURE} x {DRIFT_FACTOR} (default: none)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    rows = seed_history(args.end, args.days, args.customers, args.seed)
+    rows = seed_history(args.end, args.days, args.customers, args.seed, drift_from=args.drift_from)
     print(f"demo features: {rows} rows ({args.days} days x {args.customers} customers, ending {args.end}) "
           f"in {time.perf_counter() - started:.1f}s")
     return 0

@@ -1,0 +1,84 @@
+"""The challenger in shadow: the nightly run also scores the version aliased `challenger` into
+`<prediction table>_shadow` (same columns, partitioned by date, never served). The monitor compares it with the
+champion's predictions of the same day, so that a promotion can be decided on evidence:
+
+  challenger.version, challenger.rows      which version, how many rows both scored
+  challenger.agreement                     share of rows with the same class (classifier, at 0.5) or within 10%
+                                           of the champion's value (regressor); see checks.score_agreement
+  challenger.mean_abs_diff                 mean |challenger score - champion score|
+  challenger.realised_<metric>             its realised metric once labels are in
+  challenger.metric_gain                   challenger's realised metric minus the champion's, signed so that a
+                                           positive value means the challenger did better
+All are figures (status info): evidence for a person deciding, not alerts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+from psycopg import sql
+
+from scoring.monitoring import collect
+from scoring.monitoring.checks import CheckResult, judge
+from scoring.monitoring.metrics import defined, metric_value
+from scoring.spec import ModelSpec
+from scoring.store import split_table
+
+AGREEMENT_TOLERANCE = 0.1  # regressors: relative difference still counted as agreement
+
+
+def shadow_table(spec: ModelSpec) -> str:
+    """predictions.churn -> predictions.churn_shadow"""
+    return f"{spec.prediction_table}_shadow"
+
+
+def ensure_shadow_table(conn: psycopg.Connection, spec: ModelSpec) -> None:
+    """The shadow table, shaped like the prediction table (so the batch steps can stage and swap into it too)."""
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {shadow} (LIKE {parent} INCLUDING DEFAULTS, "
+                         "PRIMARY KEY (prediction_date, {key})) PARTITION BY LIST (prediction_date)").format(
+        shadow=sql.Identifier(*split_table(shadow_table(spec))),
+        parent=sql.Identifier(*split_table(spec.prediction_table)), key=sql.Identifier(spec.source.entity_key)))
+
+
+def _exists(conn: psycopg.Connection, qualified: str) -> bool:
+    found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,)).fetchone()[0]
+    conn.commit()
+    return bool(found)
+
+
+def challenger_checks(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -> list[CheckResult]:
+    """Champion against challenger on `day`; no checks when no challenger scored that day."""
+    shadow = shadow_table(spec)
+    if not _exists(conn, shadow):
+        return []
+    key = sql.Identifier(spec.source.entity_key)
+    if spec.is_classifier:
+        agree = sql.SQL("avg(((c.score > 0.5) = (p.score > 0.5))::int)")
+    else:
+        agree = sql.SQL("avg((abs(c.score - p.score) <= {} * greatest(abs(p.score), 1e-9))::int)").format(
+            sql.Literal(AGREEMENT_TOLERANCE))
+    row = conn.execute(sql.SQL(
+        "SELECT count(*), {agree}, avg(abs(c.score - p.score)), max(c.model_version) FROM {shadow} c "
+        "JOIN {pred} p ON p.prediction_date = c.prediction_date AND p.{key} = c.{key} "
+        "WHERE c.prediction_date = %s").format(
+        agree=agree, shadow=sql.Identifier(*split_table(shadow)),
+        pred=sql.Identifier(*split_table(spec.prediction_table)), key=key), (day,)).fetchone()
+    conn.commit()
+    rows, agreement, mad, version = row
+    if not rows:
+        return []
+    out = [judge("challenger.version", float(version), None), judge("challenger.rows", float(rows), None),
+           judge("challenger.agreement", float(agreement), None,
+                 "same class" if spec.is_classifier else f"within {AGREEMENT_TOLERANCE:.0%} of the champion"),
+           judge("challenger.mean_abs_diff", float(mad), None)]
+    scores, labels = collect.scores_and_labels(conn, spec, shadow, day)
+    champion_scores, champion_labels = collect.scores_and_labels(conn, spec, spec.prediction_table, day)
+    if defined(spec.metric, labels) and defined(spec.metric, champion_labels):
+        mine = metric_value(spec.metric, labels, scores)
+        theirs = metric_value(spec.metric, champion_labels, champion_scores)
+        gain = mine - theirs if spec.higher_is_better else theirs - mine
+        out.append(judge(f"challenger.realised_{spec.metric}", mine, None, f"{len(labels)} labelled predictions"))
+        out.append(judge("challenger.metric_gain", gain, None,
+                         f"challenger {mine:.4f} against champion {theirs:.4f} ({spec.metric})"))
+    return out
