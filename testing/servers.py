@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stack.services import VENV_BIN, ServiceError, stop_process, wait_http
@@ -36,13 +36,14 @@ def start_gunicorn(model: str, port: int, log_path: Path, env: dict[str, str] | 
 
 class AsyncWorker:
     """`python -m serving.worker` for `model` (settings from this process's environment plus `env`), its
-    output in `log_path`."""
+    output in `log_path`. `module` may name another launcher with its arguments (e.g. a fault-injecting one)."""
 
     def __init__(self, model: str, log_path: Path, env: Mapping[str, str] | None = None,
-                 module: str = "serving.worker") -> None:
+                 module: str | Sequence[str] = "serving.worker") -> None:
         self.log_path = log_path
         self.log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
+        launcher = [module] if isinstance(module, str) else list(module)
+        self.proc = subprocess.Popen([sys.executable, "-m", *launcher], cwd=REPO,
                                      env={**os.environ, "SERVING_MODEL": model, **(env or {})},
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.worker_id: str | None = None

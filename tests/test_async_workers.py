@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -21,6 +18,7 @@ import pytest
 from scoring import job_queue
 from scoring.demo_data import generate_day
 from scoring.scorer import Scorer
+from testing.servers import AsyncWorker
 
 pytestmark = pytest.mark.integration
 
@@ -28,54 +26,25 @@ REPO = Path(__file__).resolve().parent.parent
 POISON = -4242  # tenure_months value the injected fault refuses at scoring (valid at the door)
 
 
-class WorkerProc:
-    def __init__(self, log_path: Path, env: dict[str, str], module: list[str]) -> None:
-        self.log_path = log_path
-        self.log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([sys.executable, "-m", *module], cwd=REPO, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        self.worker_id: str | None = None
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 90) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            match = re.search(r"worker (\S+) ready: model", self.text())
-            if match:
-                self.worker_id = match.group(1)
-                return self.worker_id
-            assert self.proc.poll() is None, f"worker exited early:\n{self.text()[-3000:]}"
-            time.sleep(0.1)
-        raise AssertionError(f"worker not ready after {timeout}s:\n{self.text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
-
-
 @pytest.fixture
 def workers(tmp_path, db_url, mlflow_server, trained_models):
-    started: list[WorkerProc] = []
+    started: list[AsyncWorker] = []
 
     def start(model: str = "churn", url: str = db_url, fault: list[str] | None = None,
-              **settings: str | float) -> WorkerProc:
+              **settings: str | float) -> AsyncWorker:
         """The real worker process; with `fault` (e.g. ["--stall", "120"]) the same worker started through the
         test-only launcher testing/faulty_worker.py, whose scorer is wrapped to stall or refuse poison records."""
         env = {**os.environ, "SERVING_MODEL": model, "DATABASE_URL": url, "WORKER_LEASE_S": "2",
                "WORKER_IDLE_POLL_S": "1", "WORKER_RETRY_BACKOFF_S": "0.1", "SERVING_POLL_INTERVAL_S": "60"}
         env.update({k.upper(): str(v) for k, v in settings.items()})
         module = ["testing.faulty_worker", *fault] if fault else ["serving.worker"]
-        w = WorkerProc(tmp_path / f"worker{len(started)}.log", env, module)
+        w = AsyncWorker(model, tmp_path / f"worker{len(started)}.log", env, module)
         started.append(w)
         return w
 
     yield start
     for w in started:
-        w.stop()
+        w.kill()
 
 
 @pytest.fixture
@@ -197,20 +166,16 @@ def test_sigterm_finishes_the_batch_in_hand_and_exits_zero(workers, conn, specs)
 
 
 def test_worker_survives_a_postgresql_restart(workers, specs):
-    from scoring.migrate import apply_migrations
-    from stack.pg import PgCluster, free_port
+    from testing.platform import Postgres
 
     # a cluster of its own (restarting the session one would disturb other tests), under the world-readable
     # test root because the server runs as the postgres user
     root = Path(tempfile.mkdtemp(dir=os.environ["TEST_ROOT"]))
     os.chmod(root, 0o755)
-    cluster = PgCluster(root / "pg", free_port())
-    cluster.init()
-    cluster.start()
+    postgres = Postgres(root, databases=("serving",))
+    cluster = postgres.cluster
     try:
-        cluster.create_database("serving")
-        url = cluster.url("serving")
-        apply_migrations(url)
+        url = postgres.migrated("serving")
         spec = specs["churn"]
         w = workers(url=url)
         w.wait_ready()
@@ -228,7 +193,7 @@ def test_worker_survives_a_postgresql_restart(workers, specs):
         assert w.proc.poll() is None, "the worker must reconnect, not exit"
         assert "database unavailable" in w.text()
     finally:
-        cluster.destroy()
+        postgres.destroy()
 
 
 def test_worker_hot_reloads_a_new_champion_between_batches(db_url, conn, specs, trained_models):
