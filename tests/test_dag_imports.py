@@ -1,7 +1,9 @@
 """Parsing a DAG file stays light. The DAG processor re-imports every file in dags/ again and again, so neither a
 DAG file nor the task modules it imports may pull in MLflow, XGBoost or pandas at parse time: the task bodies
-import them when they run. Each file is parsed by Airflow's own DagBag in a fresh interpreter (nothing another
-test imported counts). Airflow itself (airflow.sdk, the DagBag) imports none of the three, so the check is strict.
+import them when they run. Each file is parsed by Airflow's own DagBag in a process of its own, forked from a fresh
+interpreter that has imported only the DagBag (nothing another test or DAG file imported counts; one Airflow import
+for all files, as the DAG processor itself forks per file). Airflow itself (airflow.sdk, the DagBag) imports none of
+the three, so the check is strict.
 """
 
 from __future__ import annotations
@@ -19,29 +21,45 @@ DAGS = REPO / "dags"
 HEAVY = ("mlflow", "xgboost", "pandas")
 
 PROBE = """
-import json, sys
+import json, os, sys
 from airflow.dag_processing.dagbag import DagBag
 
-before = sorted(m for m in sys.argv[2:] if m in sys.modules)
-bag = DagBag(dag_folder=sys.argv[1], safe_mode=False)
-print("PROBE " + json.dumps({"errors": {str(k): str(v) for k, v in bag.import_errors.items()},
-                             "dags": sorted(bag.dag_ids), "before": before,
-                             "heavy": sorted(m for m in sys.argv[2:] if m in sys.modules)}))
+heavy = sys.argv[1].split(",")
+before = sorted(m for m in heavy if m in sys.modules)
+for path in sys.argv[2:]:
+    pid = os.fork()
+    if pid == 0:
+        bag = DagBag(dag_folder=path, safe_mode=False)
+        print("PROBE " + json.dumps({"file": path, "errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+                                     "dags": sorted(bag.dag_ids), "before": before,
+                                     "heavy": sorted(m for m in heavy if m in sys.modules)}), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
 """
 
 
-def parse_in_fresh_interpreter(dag_file: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE, str(dag_file), *HEAVY], cwd=REPO, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=300)
+def parse_in_fresh_interpreters(*dag_files: Path) -> dict[str, dict]:
+    """File path -> what parsing it imported, each file in a process of its own."""
+    done = subprocess.run([sys.executable, "-c", PROBE, ",".join(HEAVY), *map(str, dag_files)], cwd=REPO,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
-    assert lines, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(lines[-1][len("PROBE "):])
+    found = [json.loads(line[len("PROBE "):]) for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+    assert len(found) == len(dag_files), done.stdout[-3000:] + done.stderr[-3000:]
+    return {parsed["file"]: parsed for parsed in found}
+
+
+def parse_in_fresh_interpreter(dag_file: Path) -> dict:
+    return parse_in_fresh_interpreters(dag_file)[str(dag_file)]
+
+
+@pytest.fixture(scope="module")
+def parsed_dags() -> dict[str, dict]:
+    return parse_in_fresh_interpreters(*sorted(DAGS.glob("*.py")))
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DAGS.glob("*.py")))
-def test_parsing_a_dag_file_imports_no_mlflow_xgboost_or_pandas(name):
-    parsed = parse_in_fresh_interpreter(DAGS / name)
+def test_parsing_a_dag_file_imports_no_mlflow_xgboost_or_pandas(name, parsed_dags):
+    parsed = parsed_dags[str(DAGS / name)]
     assert parsed["errors"] == {} and parsed["dags"], parsed
     assert parsed["before"] == []  # Airflow's own imports bring none of them: the strict check below is ours
     assert parsed["heavy"] == [], f"{name} imports {parsed['heavy']} at parse time"

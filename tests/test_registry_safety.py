@@ -6,6 +6,7 @@ round trips (a crafted version registered on the real MLflow server, the gate ta
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def _saved_model(root: Path) -> tuple[Path, xgb.XGBClassifier, np.ndarray]:
     x = rng.random((60, 3))
     model = xgb.XGBClassifier(n_estimators=4, max_depth=2).fit(x, (x[:, 0] > 0.5).astype(int))
     path = root / "model"
-    mlflow.xgboost.save_model(model, str(path))
+    mlflow.xgboost.save_model(model, str(path), pip_requirements=["xgboost"])  # no inference subprocess (~3 s)
     return path, model, x
 
 
@@ -101,10 +102,8 @@ def _register_dir(path: Path, name: str) -> str:
     mc = MlflowClient()
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(path), "model")
-    try:
+    with contextlib.suppress(Exception):  # already there from an earlier test in the session
         mc.create_registered_model(name)
-    except Exception:  # already there from an earlier test in the session
-        pass
     return str(mc.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id).version)
 
 
@@ -136,3 +135,61 @@ def test_only_gate_promoted_versions_are_approved(mlflow_server: str, tmp_path: 
         check_approved("registry-gate", version)
     mc.set_model_version_tag("registry-gate", version, "gate.decision", "promoted")
     check_approved("registry-gate", version)
+
+
+def _versions_in_metrics(url: str) -> list[str]:
+    import requests
+
+    text = requests.get(url + "/metrics", timeout=5).text
+    return [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith("serving_model_version{")]
+
+
+def test_an_alias_moved_to_an_ungated_version_is_refused_while_the_old_one_serves(
+        db_url: str, trained_models: dict[str, str], tmp_path: Path) -> None:
+    """Real gunicorn, real MLflow: `champion` moved by hand to a version the gate never promoted (here a copy of the
+    champion's own booster with its gate tag reset) is refused at reload like a broken version: the old version
+    keeps answering, the refusal is counted, logged and reported; with SERVING_ALLOW_UNGATED it would load."""
+    import time
+
+    import requests
+    from mlflow import MlflowClient
+
+    from scoring.spec import load_spec
+    from serving.model_holder import ModelHolder, smoke_row
+    from stack.pg import free_port
+    from stack.services import stop_process
+    from testing.servers import start_gunicorn
+
+    mc = MlflowClient()
+    champion = trained_models["churn"]
+    ungated = str(mc.copy_model_version(f"models:/churn/{champion}", "churn").version)
+    mc.set_model_version_tag("churn", ungated, "gate.decision", "pending")  # registered, never promoted
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    proc = start_gunicorn("churn", port, log, env={"DATABASE_URL": db_url, "SERVING_POLL_INTERVAL_S": "0.3",
+                                                   "SERVING_WORKERS": "1", "SERVING_ACCESS_LOG": ""})
+    url = f"http://127.0.0.1:{port}"
+    record = {"records": [smoke_row(load_spec("churn"))]}  # scored live
+    try:
+        deadline = time.time() + 60
+        while _versions_in_metrics(url) != [f"{float(champion)}"] and time.time() < deadline:
+            time.sleep(0.3)
+        assert _versions_in_metrics(url) == [f"{float(champion)}"]
+        mc.set_registered_model_alias("churn", "champion", ungated)
+        deadline = time.time() + 30
+        while 'serving_model_refused_total{model="churn"} 1.0' not in requests.get(url + "/metrics", timeout=5).text:
+            assert time.time() < deadline, "the ungated version was not refused"
+            time.sleep(0.3)
+        time.sleep(1.0)  # more polls: it stays refused (remembered, not retried)
+        answer = requests.post(url + "/v1/models/churn/predict", json=record, timeout=5)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == champion
+        assert _versions_in_metrics(url) == [f"{float(champion)}"]
+        assert "serving_model_refused_total{model=\"churn\"} 1.0" in requests.get(url + "/metrics", timeout=5).text
+        assert f"version {ungated} refused: NotApprovedError" in log.read_text()
+        # the documented override loads it (an in-process holder against the same registry)
+        holder = ModelHolder(load_spec("churn"), poll_interval_s=3600, allow_ungated=True)
+        assert holder.check_now() and holder.version == ungated
+    finally:
+        mc.set_registered_model_alias("churn", "champion", champion)  # other tests expect the session champion
+        stop_process(proc)
