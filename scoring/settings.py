@@ -113,6 +113,10 @@ _VARS: tuple[Var, ...] = (
        ("serving", "worker"), group=_SERVING),
     _v("SERVING_POLL_INTERVAL_S", "float", "10", "Seconds between each process's checks of the alias.",
        ("serving", "worker"), group=_SERVING, positive=True),
+    _v("SERVING_ALLOW_UNGATED", "bool", "false",
+       "Serve (and let the async worker use) registry versions the promotion gate did not promote (their "
+       "`gate.decision` tag is not `promoted`), e.g. a hand-registered model. Off: such a version is refused at "
+       "load like a broken one and the loaded version keeps serving.", ("serving", "worker"), group=_SERVING),
     _v("SERVING_API_TOKEN", "str", None,
        "Bearer token required on prediction routes (unset = open; health and metrics stay open).",
        ("serving", "compose"), group=_SERVING, secret=True, dotenv=True, default_doc="unset (open)"),

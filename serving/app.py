@@ -44,7 +44,7 @@ def default_holder(settings: Settings, spec: ModelSpec) -> ModelHolder:
 
     MODEL_VERSION.labels(spec.name).set(0)
     return ModelHolder(spec, ref=settings.model_ref, poll_interval_s=settings.poll_interval_s,
-                       threads=settings.booster_threads, on_swap=on_swap,
+                       threads=settings.booster_threads, on_swap=on_swap, allow_ungated=settings.allow_ungated,
                        on_refuse=lambda version, reason: REFUSED.labels(spec.name).inc())
 
 

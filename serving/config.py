@@ -23,6 +23,7 @@ class Settings:
     model: str = setting("SERVING_MODEL")
     model_ref: str = setting("SERVING_MODEL_REF")
     poll_interval_s: float = setting("SERVING_POLL_INTERVAL_S")  # how often each worker checks the alias
+    allow_ungated: bool = setting("SERVING_ALLOW_UNGATED")  # load versions the gate did not promote
     api_token: str | None = setting("SERVING_API_TOKEN")  # bearer token for prediction routes; None = open
     max_body_bytes: int = setting("SERVING_MAX_BODY_BYTES")
     max_rows: int = setting("SERVING_MAX_ROWS")

@@ -3,8 +3,10 @@
 A daemon thread polls the registry alias. When it moves, the new version is loaded beside the old one,
 smoke-scored on a synthetic valid row, and only then swapped in by rebinding one attribute: readers take
 `holder.current` once per request and never lock, so a swap cannot fail a request in flight.
-A version that fails to load or to score is refused (counted, logged, remembered so it is not retried every
-poll) and the old one keeps serving. An unreachable MLflow keeps the loaded version too.
+Only versions the promotion gate approved are loaded (their `gate.decision` tag is `promoted`), unless
+`allow_ungated` (SERVING_ALLOW_UNGATED) says otherwise: whoever can move an alias cannot bypass the gate.
+A version that is not approved, or fails to load or to score, is refused (counted, logged, remembered so it is
+not retried every poll) and the old one keeps serving. An unreachable MLflow keeps the loaded version too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from scoring.registry import CHAMPION, RegistryError, load_booster, resolve_version
+from scoring.registry import CHAMPION, RegistryError, check_approved, load_booster, resolve_version
 from scoring.scorer import Scorer
 from scoring.spec import ModelSpec
 
@@ -47,8 +49,9 @@ class ModelHolder:
     def __init__(self, spec: ModelSpec, ref: str = CHAMPION, poll_interval_s: float = 10.0,
                  threads: int | None = None,
                  on_swap: Callable[[Scorer | None, Scorer], None] | None = None,
-                 on_refuse: Callable[[str, str], None] | None = None) -> None:
+                 on_refuse: Callable[[str, str], None] | None = None, allow_ungated: bool = False) -> None:
         self.spec = spec
+        self.allow_ungated = allow_ungated  # serve versions the gate did not promote (documented override)
         self.ref = ref
         self.poll_interval_s = poll_interval_s
         self.threads = threads
@@ -153,6 +156,7 @@ class ModelHolder:
             log.exception("model holder callback failed")
 
     def _load(self, version: str) -> Scorer:
+        check_approved(self.spec.name, version, allow_ungated=self.allow_ungated)  # before anything is downloaded
         booster = load_booster(self.spec.name, version)
         scorer = Scorer.from_booster(self.spec, booster, version, threads=self.threads)
         out = scorer.score([smoke_row(self.spec)])

@@ -214,7 +214,7 @@ def main(wrap_scorer: ScorerWrapper | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     holder = ModelHolder(spec, ref=settings.model_ref, poll_interval_s=settings.poll_interval_s,
-                         threads=settings.booster_threads)
+                         threads=settings.booster_threads, allow_ungated=settings.allow_ungated)
     worker = Worker(spec.name, holder, worker_settings, settings.database_url, wrap_scorer=wrap_scorer)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)

