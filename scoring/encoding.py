@@ -75,15 +75,28 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
+# The matrix is float32: a value beyond its range would become inf (or a huge int an overflow), not a feature.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64_MAX = 2.0 ** 63  # an int feature's values are what a bigint column holds (as a float: its rounded bound)
+
+
+def _fits(value: Any) -> bool:
+    """A finite number the float32 matrix can hold (False for inf, NaN and integers beyond float's range)."""
+    try:
+        return abs(float(value)) <= _FLOAT32_MAX
+    except OverflowError:
+        return False
+
+
 def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """float64 values, a mask of rows with a wrong type, and the reason text."""
     if values.dtype.kind in "iuf":
         out = values.astype(np.float64, copy=False)
         if values.dtype.kind == "f":
             finite = np.isfinite(out)
-            bad = np.isinf(out)  # +-inf is no feature value (NaN is "missing")
-            if feature.type == "int":
-                bad |= finite & (out != np.floor(np.where(finite, out, 0)))
+            bad = ~finite & ~np.isnan(out) | (np.abs(np.where(finite, out, 0)) > _FLOAT32_MAX)  # NaN: missing
+            if feature.type == "int":  # a whole number a 64-bit integer column can hold
+                bad |= finite & ((out != np.floor(np.where(finite, out, 0))) | (np.abs(out) > _INT64_MAX))
                 return out, bad, f"feature '{feature.name}' expects an integer"
             return out, bad, f"feature '{feature.name}' expects a finite number"
         return out, np.zeros(len(out), dtype=bool), ""
@@ -96,7 +109,8 @@ def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, n
     for i, v in enumerate(values):
         if _is_null(v):
             out[i] = np.nan
-        elif not _is_number(v) or not np.isfinite(v) or (want_int and not float(v).is_integer()):
+        elif not _is_number(v) or not _fits(v) or (want_int and not (float(v).is_integer()
+                                                                      and abs(float(v)) <= _INT64_MAX)):
             bad[i] = True
             out[i] = np.nan
         else:
@@ -143,7 +157,8 @@ def _plain_records_matrix(spec: ModelSpec, records: Sequence[Any]) -> np.ndarray
                 if code is None:
                     return None
                 matrix[i, j] = code
-            elif (kind is int and -_EXACT < v < _EXACT) or (kind is float and f.type == "float" and not math.isinf(v)):
+            elif (kind is int and -_EXACT < v < _EXACT) or (kind is float and f.type == "float"
+                                                            and -_FLOAT32_MAX <= v <= _FLOAT32_MAX):
                 matrix[i, j] = float(v)
             else:  # a missing key, a bool, a string, 1.5 for an int, ...
                 return None
@@ -195,6 +210,8 @@ def _error_for(feature: Feature, row: int, value: Any, reason: str, null: bool) 
         return NullValueError(f"row {row}: feature '{feature.name}' must not be null", column=feature.name, row=row)
     if feature.type == "category" and isinstance(value, str):
         return UnknownCategoryError(f"row {row}: unknown category {value!r}; {reason}", column=feature.name, row=row)
+    if isinstance(value, np.generic):  # as the client wrote it: 3.0, not np.float64(3.0)
+        value = value.item()
     return WrongTypeError(f"row {row}: {reason}, got {value!r}", column=feature.name, row=row)
 
 

@@ -7,9 +7,10 @@ convert from `ApiError` / `InputError` themselves.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from scoring.encoding import (
@@ -61,8 +62,7 @@ def from_input_error(exc: InputError) -> ApiError:
 
 
 def error_response(err: ApiError) -> Response:
-    resp = jsonify(err.body())
-    resp.status_code = err.status
+    resp = Response(json.dumps(err.body(), allow_nan=False), status=err.status, mimetype="application/json")
     resp.headers.update(err.headers)
     return resp
 
@@ -75,7 +75,9 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 def from_http_exception(exc: HTTPException) -> ApiError:
     status = exc.code or 500
-    return ApiError(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
+    # A 405 says which methods the URL takes (RFC 9110: the Allow header is required).
+    headers = {k: v for k, v in exc.get_headers() if k == "Allow"}
+    return ApiError(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name, headers=headers)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -13,6 +13,8 @@ from flask import Flask, Request
 from serving.metrics import LATENCY, REQUESTS
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Metric labels come from a fixed set: any other method (a client may send any token) is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 _REQUEST_KEY = "serving.request"
@@ -57,7 +59,8 @@ class RequestTelemetry:
             # popped, not read: the request refers to the environ, so leaving it there would make a cycle
             rule = getattr(environ.pop(_REQUEST_KEY, None), "url_rule", None)  # set by Flask's URL matching
             route = rule.rule if rule is not None else "unmatched"  # templates, never raw paths: bounded labels
-            count, latency = self._metrics(route, environ.get("REQUEST_METHOD", ""), status)
+            method = environ.get("REQUEST_METHOD", "")
+            count, latency = self._metrics(route, method if method in METHODS else "other", status)
             count.inc()
             latency.observe(time.perf_counter() - started)
 

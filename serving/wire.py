@@ -15,6 +15,14 @@ def mime_type() -> str:
     return (request.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
 
 
+def loads(raw: bytes | str) -> Any:
+    """json.loads, with nesting too deep for the parser as ValueError like any other malformed document."""
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
 def json_body() -> Any:
     """The request's JSON document; 415 for another content type, 400 for malformed JSON.
     A body over MAX_CONTENT_LENGTH raises werkzeug's 413 while reading."""
@@ -23,7 +31,7 @@ def json_body() -> Any:
                        f"expected Content-Type application/json, got {request.headers.get('Content-Type')!r}")
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw)
+        return loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
 
@@ -45,6 +53,35 @@ def records_body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], list[dict[st
     return body, records
 
 
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
+
+
+def check_entity_keys(records: list[dict[str, Any]], key: str) -> None:
+    """The entity key, when a record carries it, is a 64-bit integer or null: what the key column and the job
+    queue store, and what is echoed back (a NaN or a string with NUL would be neither storable nor JSON)."""
+    for i, rec in enumerate(records):
+        value = rec.get(key)
+        if value is None:
+            continue
+        if type(value) is not int or not _BIGINT_MIN <= value <= _BIGINT_MAX:
+            raise ApiError(422, "invalid_entity_key", f"row {i}: '{key}' must be a 64-bit integer or null, "
+                                                      f"got {shown(value)}", column=key, row=i)
+
+
+def shown(value: Any) -> str:
+    """A client's value in a message as the client wrote it (JSON), cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def dumps(body: Any) -> str:
+    """Strict JSON (RFC 8259): a NaN or Infinity token is refused here, never sent to a client."""
+    return json.dumps(body, allow_nan=False)
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response without Flask's provider machinery (measurably cheaper on the hot routes)."""
-    return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")
+    return Response(dumps(body), status=status, headers=headers, mimetype="application/json")

@@ -71,7 +71,9 @@ def _render(exc: ApiError) -> Response:
 
 
 def _on_mlflow(exc: MlflowException) -> Response:
-    return Response(exc.serialize_as_json(), status=exc.get_http_status_code(), mimetype="application/json")
+    # Raised here only while parsing and checking the client's payload: an input problem, never a server error.
+    status = exc.get_http_status_code()
+    return Response(exc.serialize_as_json(), status=status if status < 500 else 400, mimetype="application/json")
 
 
 ERROR_SCHEMA = {"type": "object", "required": ["error_code", "message"],
@@ -127,7 +129,10 @@ def _parse(mime: str, data: bytes) -> Any:
             raise _proto_error(400, f"Invalid input. Ensure that input is a valid UTF-8 encoded string. "
                                 f"Error: '{exc!r}'") from exc
         return parse_csv_input(io.StringIO(text), schema=input_schema(plane().spec))
-    decoded = _decode_json_input(data)  # MlflowInvalidInputException -> 400 BAD_REQUEST
+    try:
+        decoded = _decode_json_input(data)  # MlflowInvalidInputException -> 400 BAD_REQUEST
+    except RecursionError as exc:
+        raise _proto_error(400, "Invalid input. The JSON document is nested too deeply.") from exc
     payload, _params = _split_data_and_params(decoded)  # params are accepted and, like xgboost's pyfunc, unused
     return infer_and_parse_data(payload, input_schema(plane().spec))
 
@@ -171,7 +176,7 @@ def plain_numeric_matrix(raw: bytes, names: list[str]) -> np.ndarray | None:
     None for anything else (which then goes through MLflow's own parsing, errors included)."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(doc, dict) or len(doc) != 1:
         return None

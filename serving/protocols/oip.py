@@ -8,7 +8,7 @@ Errors: `{"error": "..."}`.
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from typing import Any
 
@@ -20,7 +20,7 @@ from scoring.spec import ModelSpec
 from serving.dataplane import plane
 from serving.errors import ApiError
 from serving.routes import PUBLIC, Protocol, Scope, json_answer
-from serving.wire import json_response
+from serving.wire import dumps, json_response, loads, shown
 
 SERVER_NAME = "model-serving-platform"
 SERVER_VERSION = "0.1.0"
@@ -136,12 +136,23 @@ def _read_request() -> tuple[dict[str, Any], bytes]:
     else:
         head, binary = body, b""
     try:
-        doc = json.loads(head)
+        doc = loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise _bad("an inference request is a JSON object with a non-empty 'inputs' list")
+    if "id" in doc and not isinstance(doc["id"], str):
+        raise _bad(f"'id' must be a string, got {shown(doc['id'])}")
+    _object_or_absent(doc, "parameters", "the request")
+    params = doc.get("parameters") or {}
+    if not isinstance(params.get("binary_data_output", False), bool):
+        raise _bad(f"parameters.binary_data_output must be true or false, got {shown(params['binary_data_output'])}")
     return doc, binary
+
+
+def _object_or_absent(obj: dict[str, Any], field: str, where: str) -> None:
+    if obj.get(field) is not None and not isinstance(obj[field], dict):
+        raise _bad(f"{where}: '{field}' must be an object, got {shown(obj[field])}")
 
 
 def _deserialize_bytes(raw: bytes) -> list[str]:
@@ -162,17 +173,21 @@ def _tensor_values(tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[
     datatype = tensor.get("datatype")
     shape = tensor.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list) \
-            or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise _bad("each input needs a 'name', a 'datatype' and a 'shape' (list of non-negative integers)")
+            or not all(type(d) is int and d >= 0 for d in shape):
+        raise _bad(f"each input needs a 'name', a 'datatype' and a 'shape' (list of non-negative integers); got "
+                   f"name {shown(name)}, datatype {shown(datatype)}, shape {shown(shape)}")
     if datatype != "BYTES" and datatype not in _NUMPY:
         raise _bad(f"input '{name}': unsupported datatype {datatype!r}")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
+    _object_or_absent(tensor, "parameters", f"input '{name}'")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
-        chunk = binary[offset:offset + int(size)]
-        if len(chunk) != int(size):
+        if type(size) is not int or size < 0:
+            raise _bad(f"input '{name}': binary_data_size must be a non-negative integer, got {shown(size)}")
+        chunk = binary[offset:offset + size]
+        if len(chunk) != size:
             raise _bad(f"input '{name}': binary_data_size {size} runs past the end of the body")
-        offset += int(size)
+        offset += size
         if datatype == "BYTES":
             values: Any = _deserialize_bytes(chunk)
         else:
@@ -243,7 +258,7 @@ def infer(model: str, version: str | None = None) -> Response:
     produced = {"score": preds.scores, "label": preds.labels} if spec.is_classifier else {"prediction": preds.scores}
     dtypes = {"score": ("FP32", np.float32), "label": ("INT64", np.int64), "prediction": ("FP32", np.float32)}
     wanted = doc.get("outputs")
-    binary_default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    binary_default = (doc.get("parameters") or {}).get("binary_data_output", False)
     if wanted is None:
         requested = [(name, binary_default) for name in produced]
     else:
@@ -252,9 +267,13 @@ def infer(model: str, version: str | None = None) -> Response:
         requested = []
         for o in wanted:
             name = o.get("name") if isinstance(o, dict) else None
-            if name not in produced:
-                raise _bad(f"unknown output {name!r} (model '{spec.name}' produces {list(produced)})")
-            requested.append((name, bool((o.get("parameters") or {}).get("binary_data", binary_default))))
+            if not isinstance(name, str) or name not in produced:
+                raise _bad(f"unknown output {shown(name)} (model '{spec.name}' produces {list(produced)})")
+            _object_or_absent(o, "parameters", f"output '{name}'")
+            as_binary = (o.get("parameters") or {}).get("binary_data", binary_default)
+            if not isinstance(as_binary, bool):
+                raise _bad(f"output '{name}': parameters.binary_data must be true or false, got {shown(as_binary)}")
+            requested.append((name, as_binary))
     outputs, blobs = [], []
     for name, as_binary in requested:
         datatype, dtype = dtypes[name]
@@ -270,7 +289,7 @@ def infer(model: str, version: str | None = None) -> Response:
     result: dict[str, Any] = {"model_name": spec.name, "model_version": scorer.version, "outputs": outputs}
     if "id" in doc:
         result["id"] = doc["id"]
-    head = json.dumps(result).encode()
+    head = dumps(result).encode()
     if not blobs:
         return Response(head, status=200, mimetype="application/json")
     resp = Response(head + b"".join(blobs), status=200, mimetype="application/octet-stream")

@@ -4,6 +4,7 @@ model info. Errors: `{"error": {"code", "message", "column", "row"}}`."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 
 from flask import Response, request
@@ -12,13 +13,14 @@ from serving.dataplane import FALLBACKS, plane
 from serving.errors import ERROR_SCHEMA, ApiError, error_response
 from serving.openapi import ref
 from serving.routes import PUBLIC, Param, Protocol, Scope, json_answer
-from serving.wire import json_response, records_body
+from serving.wire import check_entity_keys, json_response, records_body, shown
 
 api = Protocol("v1", "The platform's API: lookups, live predictions, model info", ERROR_SCHEMA, error_response)
 
 PREDICT = Scope("predict")
 _BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
 _STARTED = time.time()
+_INTEGER = re.compile(r"-?[0-9]{1,20}\Z")
 
 _STRING_OR_NULL = {"type": ["string", "null"]}
 _LOOKUP = {
@@ -61,12 +63,11 @@ _MODEL_INFO = {
 def lookup(model: str, entity_id: str) -> Response:
     dp = plane()
     key = dp.entity_key
-    try:
-        eid = int(entity_id)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_entity_id", f"{key} must be an integer, got {entity_id!r}") from exc
+    if not _INTEGER.match(entity_id):  # int() alone would take ' 1', '1_000' and other scripts' digits
+        raise ApiError(400, "invalid_entity_id", f"{key} must be an integer, got {entity_id!r}", column=key)
+    eid = int(entity_id)
     if not _BIGINT_MIN <= eid <= _BIGINT_MAX:  # the key column is bigint
-        raise ApiError(400, "invalid_entity_id", f"{key} must be a 64-bit integer, got {entity_id!r}")
+        raise ApiError(400, "invalid_entity_id", f"{key} must be a 64-bit integer, got {entity_id!r}", column=key)
     args = request.args
     fallback = args.get("fallback")
     if fallback not in (None, "live"):
@@ -93,9 +94,11 @@ def lookup(model: str, entity_id: str) -> Response:
 def predict(model: str) -> Response:
     body, records = records_body(("records", "fallback"))
     fallback = body.get("fallback", "live")
-    if fallback not in FALLBACKS:
-        raise ApiError(400, "invalid_fallback", f"'fallback' must be one of {list(FALLBACKS)}, got {fallback!r}")
+    if not isinstance(fallback, str) or fallback not in FALLBACKS:
+        raise ApiError(400, "invalid_fallback", f"'fallback' must be one of {list(FALLBACKS)}, got {shown(fallback)}",
+                       column="fallback")
     dp = plane()
+    check_entity_keys(records, dp.entity_key)
     version, items = dp.predict_records(records, fallback)
     return json_response({"model": dp.spec.name, "model_version": version, "predictions": items})
 
