@@ -6,9 +6,15 @@ process (`python -m scoring.batch --model churn --date 2026-11-01`).
 * Streaming: a shard streams its features out, scores them and streams predictions in with binary COPY
   (`scoring.batch_pipeline`); memory is bounded by the chunk size, not the day size. The statements and the DDL
   are in `scoring.batch_sql`; this module decides when they run, in which transaction, and what failure means.
-* Atomic, idempotent: shards load a staging table that nobody reads; `swap` replaces the date's partition with
-  it in ONE transaction (detach + drop old, attach staged, record success). A kill mid-load rolls back the
-  shard's transaction and leaves the old partition untouched; the next `prepare` drops any staging leftovers.
+* Atomic, idempotent: shards load the run's own staging table (`<table>_stage_pYYYYMMDD_r<batch run id>`) that
+  nobody reads; `swap` replaces the date's partition with it in ONE transaction (detach + drop old, attach
+  staged, record success). A kill mid-load rolls back the shard's transaction and leaves the old partition
+  untouched; the next `prepare` drops the leftovers.
+* Runs of one (model, date) never collide: the run prepared last owns the date; the swap checks that under an
+  advisory lock per (model, date), so an older run still loading fails ("superseded") instead of swapping.
+* Lookups never stall behind the swap: the swap (and retention) waits at most BATCH_SWAP_LOCK_TIMEOUT_MS for its
+  locks per attempt (a lookup queued behind it waits as long), backs off and retries until BATCH_SWAP_DEADLINE_S,
+  then fails the run naming who holds the table; the old day stays, and a retried swap can still swap.
 * Rejects: invalid rows are re-read raw and kept in ops.prediction_rejects with the exact reason; a reject
   ratio above spec.batch.reject_threshold fails the run and keeps the previous predictions.
 """
@@ -19,14 +25,16 @@ import argparse
 import datetime as dt
 import json
 import logging
+import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
-from scoring import batch_pipeline, batch_sql
+from scoring import batch_pipeline, batch_sql, settings
 from scoring.scorer import Scorer
 from scoring.spec import ModelSpec
 
@@ -47,6 +55,59 @@ class SourceSchemaError(BatchError):
 
 class RejectThresholdError(BatchError):
     pass
+
+
+class SupersededError(BatchError):
+    """A later run of the same (model, date) was prepared: it owns the date, this one does not swap."""
+
+
+class LockDeadlineError(BatchError):
+    """The swap (or retention) could not take its locks before its deadline; nothing was changed."""
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """How the swap and retention take their table locks: each attempt waits at most `lock_timeout_ms` (so a
+    lookup queued behind it waits at most that long), then backs off; after `deadline_s` the step fails."""
+
+    lock_timeout_ms: int
+    deadline_s: float
+
+    @classmethod
+    def from_env(cls) -> LockPolicy:
+        return cls(settings.read("BATCH_SWAP_LOCK_TIMEOUT_MS"), settings.read("BATCH_SWAP_DEADLINE_S"))
+
+
+def with_lock_retry(conn: psycopg.Connection, spec: ModelSpec, what: str, attempt: Callable[[], T],
+                    policy: LockPolicy | None = None) -> T:
+    """Run `attempt` in a transaction with a short lock_timeout, retried with backoff until the deadline."""
+    policy = policy or LockPolicy.from_env()
+    started = time.monotonic()
+    delay, attempts = 0.05, 0
+    while True:
+        attempts += 1
+        batch_sql.idle(conn)
+        try:
+            with conn.transaction():
+                batch_sql.set_lock_timeout(conn, policy.lock_timeout_ms)
+                return attempt()
+        except psycopg.errors.LockNotAvailable:
+            waited = time.monotonic() - started
+            if waited + delay > policy.deadline_s:
+                holders = "; ".join(batch_sql.lock_holders(conn, spec.prediction_table)) or "no one any more"
+                conn.commit()
+                raise LockDeadlineError(
+                    f"model '{spec.name}': {what} could not lock {spec.prediction_table} within "
+                    f"{policy.deadline_s:g}s ({attempts} attempts of {policy.lock_timeout_ms} ms; "
+                    f"BATCH_SWAP_DEADLINE_S); held by: {holders}. Nothing was changed: the previous predictions "
+                    f"are served") from None
+            log.info("model %s: %s waits for locks on %s (attempt %d, %.1fs)", spec.name, what,
+                     spec.prediction_table, attempts, waited)
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 1.0)
 
 
 @dataclass(frozen=True)
@@ -131,22 +192,40 @@ def prepare(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, run_id: str
             shards: int | None = None) -> BatchPlan:
     """Record a 'running' run and create an empty staging table for (model, date), dropping leftovers."""
     shards = shards or spec.batch.shards
-    stage = batch_sql.staging_table_name(spec, day)
     batch_sql.idle(conn)
     with conn.transaction():
         batch_sql.lock_run(conn, spec, day)
-        # A run that died (killed worker) stays 'running' forever otherwise.
+        # A run that died (killed worker) stays 'running' forever otherwise; one still alive fails at its swap.
         conn.execute("UPDATE ops.batch_runs SET status = 'failed', finished_at = now(), "
                      "error = coalesce(error, 'abandoned: superseded by run ' || %s) "
                      "WHERE model_name = %s AND prediction_date = %s AND status = 'running'",
                      (run_id, spec.name, day))
-        batch_sql.create_staging(conn, spec, stage, day, run_id, version)
         batch_run_id = conn.execute(
-            "INSERT INTO ops.batch_runs (model_name, model_version, prediction_date, run_id, status, shards, "
-            "staging_table) VALUES (%s, %s, %s, %s, 'running', %s, %s) RETURNING id",
-            (spec.name, int(version), day, run_id, shards, stage)).fetchone()[0]
+            "INSERT INTO ops.batch_runs (model_name, model_version, prediction_date, run_id, status, shards) "
+            "VALUES (%s, %s, %s, %s, 'running', %s) RETURNING id",
+            (spec.name, int(version), day, run_id, shards)).fetchone()[0]
+        stage = batch_sql.staging_table_name(spec, day, batch_run_id)
+        conn.execute("UPDATE ops.batch_runs SET staging_table = %s WHERE id = %s", (stage, batch_run_id))
+        batch_sql.create_staging(conn, spec, stage, day, run_id, version)
+    _drop_leftovers(conn, spec, day, keep=stage)
     return BatchPlan(model=spec.name, day=day.isoformat(), run_id=run_id, version=str(version), shards=shards,
                      batch_run_id=batch_run_id, staging_table=stage)
+
+
+def _drop_leftovers(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, keep: str) -> None:
+    """Drop the staging tables earlier runs of the date left behind (killed, failed, superseded). One a live run
+    is still loading is locked by its COPY: left to that run, which drops it when its swap is refused."""
+    for stage in batch_sql.staging_tables_of_day(conn, spec, day):
+        if stage == keep:
+            continue
+        batch_sql.idle(conn)
+        try:
+            with conn.transaction():
+                batch_sql.set_lock_timeout(conn, 100)
+                batch_sql.drop_table(conn, stage)
+        except psycopg.errors.LockNotAvailable:
+            log.info("model %s date %s: staging table %s is in use; left to its run", spec.name, day, stage)
+    conn.commit()
 
 
 def score_shard(read_conn: psycopg.Connection, write_conn: psycopg.Connection, scorer: Scorer, plan: BatchPlan,
@@ -194,7 +273,8 @@ def fail_run(conn: psycopg.Connection, plan: BatchPlan, error: str, *, drop_stag
             batch_sql.drop_table(conn, plan.staging_table)
 
 
-def swap(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan) -> RunResult:
+def swap(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan, policy: LockPolicy | None = None
+         ) -> RunResult:
     """Check the run's totals, then make the staging table the date's partition in one transaction."""
     status, scored, rejected, duration = conn.execute(
         "SELECT status, rows_scored, rows_rejected, duration_s FROM ops.batch_runs WHERE id = %s",
@@ -218,35 +298,61 @@ def swap(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan) -> RunResul
         fail_run(conn, plan, reason)
         raise RejectThresholdError(reason)
 
+    _check_owner(conn, spec, plan)
+    if not batch_sql.table_exists(conn, plan.staging_table):
+        conn.commit()
+        raise BatchError(f"model '{spec.name}' date {plan.day}: the run's staging table {plan.staging_table} is "
+                         f"gone (dropped by a later run of the date?); not swapping")
     with conn.transaction():
         batch_sql.index_staging(conn, spec, plan.staging_table, plan.date)
-    with conn.transaction():
+
+    def attempt() -> float:
+        batch_sql.lock_run(conn, spec, plan.date)  # (model, date): no prepare or other swap in between
+        _check_owner(conn, spec, plan)  # again, under the lock: what is swapped in is this run's
         batch_sql.swap_partition(conn, spec, plan.staging_table, plan.date)
-        duration = conn.execute(
+        return conn.execute(
             "UPDATE ops.batch_runs SET status = 'success', error = NULL, rows_scored = %s, rows_rejected = %s, "
             "finished_at = now(), duration_s = extract(epoch FROM now() - started_at) WHERE id = %s "
             "RETURNING duration_s", (scored, rejected, plan.batch_run_id)).fetchone()[0]
+
+    duration = with_lock_retry(conn, spec, f"the swap of {plan.day}", attempt, policy)
     log.info("model %s date %s: swapped in %d predictions (version %s, run %s, %d rejected)",
              spec.name, plan.day, scored, plan.version, plan.run_id, rejected)
     return RunResult(plan, scored, rejected, float(duration))
 
 
-def swap_or_fail(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan) -> RunResult:
-    """`swap`, recording any failure on the run (a reject-threshold failure records itself)."""
+def _check_owner(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan) -> None:
+    owner = batch_sql.latest_run(conn, spec, plan.date)
+    if owner is None or owner[0] != plan.batch_run_id:
+        raise SupersededError(f"model '{spec.name}' date {plan.day}: run {plan.run_id} was superseded by run "
+                              f"{owner[1] if owner else '?'} (prepared later; it owns the date); not swapping")
+
+
+def swap_or_fail(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan, policy: LockPolicy | None = None
+                 ) -> RunResult:
+    """`swap`, recording any failure on the run (a reject-threshold failure records itself). The staging table
+    is kept for a retry of the swap, unless a later run owns the date."""
     try:
-        return swap(conn, spec, plan)
+        return swap(conn, spec, plan, policy)
     except RejectThresholdError:
         raise
     except Exception as exc:
         conn.rollback()
-        fail_run(conn, plan, f"swap: {type(exc).__name__}: {exc}", drop_staging=False)
+        fail_run(conn, plan, f"swap: {type(exc).__name__}: {exc}", drop_staging=isinstance(exc, SupersededError))
         raise
 
 
-def drop_expired(conn: psycopg.Connection, spec: ModelSpec, today: dt.date) -> list[str]:
-    """Drop the prediction table's day partitions older than spec.batch.retention_days before `today`."""
+def drop_expired(conn: psycopg.Connection, spec: ModelSpec, today: dt.date, policy: LockPolicy | None = None
+                 ) -> list[str]:
+    """Drop the prediction table's day partitions older than spec.batch.retention_days before `today`, one
+    transaction each, with the swap's lock policy (a drop locks the parent table as DETACH does)."""
     cutoff = today - dt.timedelta(days=spec.batch.retention_days)
-    dropped = batch_sql.drop_partitions_before(conn, spec, cutoff)
+    old = batch_sql.partitions_before(conn, spec, cutoff)
+    conn.commit()
+    dropped = []
+    for table in old:
+        with_lock_retry(conn, spec, f"dropping {table}", lambda t=table: batch_sql.drop_table(conn, t), policy)
+        dropped.append(table)
     if dropped:
         log.info("model %s: dropped %d partitions older than %s: %s", spec.name, len(dropped), cutoff, dropped)
     return dropped
@@ -255,7 +361,8 @@ def drop_expired(conn: psycopg.Connection, spec: ModelSpec, today: dt.date) -> l
 # ---------------------------------------------------------------------------------------------- one process
 
 def run_batch(spec: ModelSpec, day: dt.date, run_id: str, *, version: str | None = None, url: str | None = None,
-              scorer: Scorer | None = None, shards: int | None = None, chunk_rows: int | None = None) -> RunResult:
+              scorer: Scorer | None = None, shards: int | None = None, chunk_rows: int | None = None,
+              policy: LockPolicy | None = None) -> RunResult:
     """The whole run in this process (CLI, bench, tests): the same steps the DAG runs as separate tasks.
 
     `scorer` replaces the registry lookup of `version`; tests hand in a wrapped one to stall or fail mid-load."""
@@ -274,7 +381,7 @@ def run_batch(spec: ModelSpec, day: dt.date, run_id: str, *, version: str | None
             conn.rollback()
             fail_run(conn, plan, f"{type(exc).__name__}: {exc}")
             raise
-        return swap_or_fail(conn, spec, plan)
+        return swap_or_fail(conn, spec, plan, policy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ from scoring.store import partition_name, split_table
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 TEXT_TYPES = {"text", "character varying", "character"}
 INTEGER_TYPES = {"smallint", "integer", "bigint"}
-SWAP_LOCK_TIMEOUT = "60s"
 
 
 def idle(conn: psycopg.Connection) -> None:
@@ -31,10 +30,49 @@ def ident(qualified: str) -> sql.Identifier:
     return sql.Identifier(*split_table(qualified))
 
 
-def staging_table_name(spec: ModelSpec, day: dt.date) -> str:
-    """predictions.churn + 2026-11-01 -> predictions.churn_stage_p20261101 (one per model and date)."""
+def staging_table_name(spec: ModelSpec, day: dt.date, batch_run_id: int) -> str:
+    """predictions.churn + 2026-11-01 + run 42 -> predictions.churn_stage_p20261101_r42: one per run, so two runs
+    of the same (model, date) never load, index or swap each other's table."""
     schema, table = split_table(spec.prediction_table)
-    return f"{schema}.{table}_stage_p{day:%Y%m%d}"
+    return f"{schema}.{table}_stage_p{day:%Y%m%d}_r{batch_run_id}"
+
+
+def staging_tables_of_day(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -> list[str]:
+    """Every run's staging table of (model, date) that exists (schema-qualified)."""
+    schema, table = split_table(spec.prediction_table)
+    prefix = f"{table}_stage_p{day:%Y%m%d}_r"
+    rows = conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s AND c.relkind = 'r' AND left(c.relname, %s) = %s",
+                        (schema, len(prefix), prefix)).fetchall()
+    return [f"{schema}.{name}" for (name,) in rows]
+
+
+def set_lock_timeout(conn: psycopg.Connection, milliseconds: int) -> None:
+    """Bound every lock wait of the caller's transaction (advisory locks included)."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(milliseconds)}ms")))
+
+
+def latest_run(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -> tuple[int, str] | None:
+    """(id, run_id) of the run of (model, date) prepared last: the one that owns the date's swap."""
+    return conn.execute("SELECT id, run_id FROM ops.batch_runs WHERE model_name = %s AND prediction_date = %s "
+                        "ORDER BY id DESC LIMIT 1", (spec.name, day)).fetchone()
+
+
+def table_exists(conn: psycopg.Connection, qualified: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (sql.Identifier(*split_table(qualified)).as_string(conn),)).fetchone()[0]
+
+
+def lock_holders(conn: psycopg.Connection, qualified: str) -> list[str]:
+    """Who holds locks on a table (or its partitions) other than us: 'pid 123 (analyst, idle in transaction
+    for 12s: SELECT ...)', for the message of a swap that gave up."""
+    rows = conn.execute(
+        "SELECT DISTINCT a.pid, a.usename, a.state, extract(epoch FROM now() - a.xact_start)::int, "
+        "left(regexp_replace(a.query, '\\s+', ' ', 'g'), 80) FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.granted AND l.pid <> pg_backend_pid() "
+        "AND l.relation IN (SELECT %s::regclass UNION ALL SELECT inhrelid FROM pg_inherits "
+        "WHERE inhparent = %s::regclass)", (qualified, qualified)).fetchall()
+    return [f"pid {pid} ({user}, {state} for {age}s: {query})" for pid, user, state, age, query in rows]
 
 
 def lock_run(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -> None:
@@ -129,27 +167,30 @@ def prediction_copy_sql(spec: ModelSpec, stage: str) -> sql.Composed:
 
 # ---------------------------------------------------------------------------------------------- swap and retention
 
-def _check_name(spec: ModelSpec) -> sql.Identifier:
-    return sql.Identifier(f"{split_table(spec.prediction_table)[1]}_stage_day")
+def _check_name(spec: ModelSpec) -> str:
+    return f"{split_table(spec.prediction_table)[1]}_stage_day"
 
 
 def index_staging(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date) -> None:
     """Primary key and date check, built before the swap so that the swap itself only touches catalogs:
-    ATTACH skips its validation scan when a CHECK constraint already proves the partition bound."""
-    conn.execute(sql.SQL("ALTER TABLE {stage} ADD CONSTRAINT {chk} CHECK (prediction_date IS NOT NULL "
-                         "AND prediction_date = {day})").format(
-        stage=ident(stage), chk=_check_name(spec), day=sql.Literal(day)))
-    conn.execute(sql.SQL("ALTER TABLE {stage} ADD PRIMARY KEY (prediction_date, {key})").format(
-        stage=ident(stage), key=sql.Identifier(spec.source.entity_key)))
+    ATTACH skips its validation scan when a CHECK constraint already proves the partition bound. Idempotent:
+    a swap retried after a failed attempt finds them built."""
+    built = {name for (name,) in conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass",
+                                              (ident(stage).as_string(conn),)).fetchall()}
+    if _check_name(spec) not in built:
+        conn.execute(sql.SQL("ALTER TABLE {stage} ADD CONSTRAINT {chk} CHECK (prediction_date IS NOT NULL "
+                             "AND prediction_date = {day})").format(
+            stage=ident(stage), chk=sql.Identifier(_check_name(spec)), day=sql.Literal(day)))
+    if f"{split_table(stage)[1]}_pkey" not in built:
+        conn.execute(sql.SQL("ALTER TABLE {stage} ADD CONSTRAINT {pkey} PRIMARY KEY (prediction_date, {key})").format(
+            stage=ident(stage), pkey=sql.Identifier(f"{split_table(stage)[1]}_pkey"),
+            key=sql.Identifier(spec.source.entity_key)))
 
 
 def swap_partition(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date) -> None:
-    """Replace the date's partition with the (indexed) staging table, inside the caller's transaction: take the
-    run's lock, detach + drop the old partition, rename the staging table, attach it."""
-    # Fail rather than queue forever behind a long reader of the parent table (DETACH needs a brief
-    # exclusive lock on it); the staging table stays, so a retry can still swap.
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(SWAP_LOCK_TIMEOUT)))
-    lock_run(conn, spec, day)
+    """Replace the date's partition with the (indexed) staging table, inside the caller's transaction (which
+    holds the run's lock and bounds its lock waits): detach + drop the old partition, rename the staging table,
+    attach it."""
     schema, _ = split_table(spec.prediction_table)
     final = partition_name(spec.prediction_table, day)
     parent = ident(spec.prediction_table)
@@ -170,19 +211,19 @@ def swap_partition(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: d
                          "ALTER scored_at DROP DEFAULT").format(t=staged))
     conn.execute(sql.SQL("ALTER TABLE {parent} ATTACH PARTITION {t} FOR VALUES IN ({day})").format(
         parent=parent, t=staged, day=sql.Literal(day)))
-    conn.execute(sql.SQL("ALTER TABLE {t} DROP CONSTRAINT {chk}").format(t=staged, chk=_check_name(spec)))
+    conn.execute(sql.SQL("ALTER TABLE {t} DROP CONSTRAINT {chk}").format(
+        t=staged, chk=sql.Identifier(_check_name(spec))))
 
 
-def drop_partitions_before(conn: psycopg.Connection, spec: ModelSpec, cutoff: dt.date) -> list[str]:
-    """Drop the prediction table's day partitions (`<table>_pYYYYMMDD`) older than `cutoff`, one transaction
-    each; any other child table is left alone. Returns the dropped tables."""
+def partitions_before(conn: psycopg.Connection, spec: ModelSpec, cutoff: dt.date) -> list[str]:
+    """The prediction table's day partitions (`<table>_pYYYYMMDD`) older than `cutoff` (schema-qualified); any
+    other child table is left alone."""
     schema, table = split_table(spec.prediction_table)
     children = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
-        "WHERE n.nspname = %s AND p.relname = %s", (schema, table)).fetchall()
-    idle(conn)
-    dropped = []
+        "WHERE n.nspname = %s AND p.relname = %s ORDER BY 1", (schema, table)).fetchall()
+    old = []
     prefix = f"{table}_p"
     for (name,) in children:
         suffix = name[len(prefix):] if name.startswith(prefix) else ""
@@ -191,8 +232,5 @@ def drop_partitions_before(conn: psycopg.Connection, spec: ModelSpec, cutoff: dt
         except ValueError:
             continue  # not one of ours
         if day < cutoff:
-            with conn.transaction():
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, name)))
-            dropped.append(f"{schema}.{name}")
-    conn.commit()
-    return dropped
+            old.append(f"{schema}.{name}")
+    return old

@@ -138,6 +138,12 @@ _VARS: tuple[Var, ...] = (
        group=_SERVING, positive=True),
     _v("SERVING_LATEST_TTL_S", "float", "2", "Cache lifetime of the latest complete prediction date.",
        ("serving",), group=_SERVING, low=0),
+    _v("SERVING_DB_STATEMENT_TIMEOUT_MS", "int", "2000",
+       "statement_timeout of serving connections: a query stuck behind a lock or a slow database answers 503 "
+       "instead of hanging.", ("serving",), group=_SERVING, positive=True),
+    _v("SERVING_DB_LOCK_TIMEOUT_MS", "int", "500",
+       "lock_timeout of serving connections (a lookup queued behind a table lock answers 503 after this).",
+       ("serving",), group=_SERVING, positive=True),
     _v("PROMETHEUS_MULTIPROC_DIR", "path", None,
        "Where every gunicorn worker writes its metric samples (`/metrics` merges them); emptied at start.",
        ("serving", "gunicorn"), group=_SERVING, third_party="prometheus_client",
@@ -198,6 +204,14 @@ _VARS: tuple[Var, ...] = (
        "psql is found) or `psycopg`.", ("batch",), group=_BATCH, choices=("psql", "psycopg")),
     _v("PSQL_BIN", "path", None, "The psql client used for COPY out.", ("batch",), group=_BATCH,
        default_doc="`psql` on PATH"),
+    _v("BATCH_SWAP_LOCK_TIMEOUT_MS", "int", "100",
+       "How long each attempt of a batch swap or partition drop waits for its table locks; lookups queued "
+       "behind the attempt wait at most as long. It then backs off and retries.", ("batch",), group=_BATCH,
+       positive=True),
+    _v("BATCH_SWAP_DEADLINE_S", "float", "900",
+       "How long a batch swap (or retention) keeps retrying for its locks, e.g. behind an analyst's long "
+       "query, before the run fails with the reason; the old day stays.", ("batch",), group=_BATCH,
+       positive=True),
     _v("QUEUE_RETENTION_HOURS", "int", "168",
        "Default `retention_hours` of the `queue_maintenance` DAG (finished jobs older than this are deleted).",
        ("airflow",), group=_BATCH, low=0),

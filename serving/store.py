@@ -27,7 +27,7 @@ from psycopg import pq, sql
 from psycopg.errors import error_from_result
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from scoring import job_queue
+from scoring import job_queue, settings
 from scoring.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,20 @@ class Store(Protocol):
 
 class PredictionStore:
     def __init__(self, spec: ModelSpec, url: str, *, min_size: int = 1, max_size: int = 4,
-                 timeout_s: float = 2.0, latest_ttl_s: float = 2.0) -> None:
+                 timeout_s: float = 2.0, latest_ttl_s: float = 2.0, statement_timeout_ms: int | None = None,
+                 lock_timeout_ms: int | None = None) -> None:
         self.spec = spec
         self.timeout_s = timeout_s
         self.latest_ttl_s = latest_ttl_s
+        # Every serving query is bounded: one stuck behind a lock (a batch swap queued behind an analyst's long
+        # read) or on a sick database fails fast as StoreUnavailable (503) instead of holding the worker.
+        statement_ms = statement_timeout_ms or settings.read("SERVING_DB_STATEMENT_TIMEOUT_MS")
+        lock_ms = lock_timeout_ms or settings.read("SERVING_DB_LOCK_TIMEOUT_MS")
+        options = f"-c statement_timeout={int(statement_ms)} -c lock_timeout={int(lock_ms)}"
         # connect_timeout bounds a connection attempt; the pool's `timeout` bounds a request waiting for one.
         self.pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout_s,
-                                   kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
+                                   kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s)),
+                                           "options": options},
                                    reconnect_timeout=3600 * 24 * 365, name=f"serving-{spec.name}")
         schema, table = spec.prediction_table.split(".", 1)
         key = sql.Identifier(spec.source.entity_key)

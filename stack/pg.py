@@ -64,6 +64,9 @@ class PgCluster:
     port: int
     user: str = "postgres"
     host: str = "127.0.0.1"
+    # Durable by default (`make up`): fsync, full_page_writes and synchronous_commit stay on, so an acknowledged
+    # job or a swapped-in day survives a crash. A throwaway cluster (tests, benches) may turn them off for speed.
+    durable: bool = True
 
     @property
     def logfile(self) -> Path:
@@ -97,6 +100,13 @@ class PgCluster:
     def running(self) -> bool:
         return self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0
 
+    def server_options(self) -> str:
+        opts = (f"-p {self.port} -c listen_addresses={self.host} -c unix_socket_directories=/tmp "
+                f"-c max_connections=200")
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        return opts
+
     def start(self, timeout: float = 30) -> None:
         if self.running():
             return
@@ -105,9 +115,8 @@ class PgCluster:
                           f"(set STACK_PG_PORT to another port)")
         self.logfile.touch()
         self._own(self.logfile)
-        opts = (f"-p {self.port} -c listen_addresses={self.host} -c unix_socket_directories=/tmp "
-                f"-c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        out = self._run("pg_ctl", "start", "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts, "-w",
+        out = self._run("pg_ctl", "start", "-D", str(self.datadir), "-l", str(self.logfile), "-o",
+                        self.server_options(), "-w",
                         "-t", str(int(timeout)))
         if out.returncode != 0:
             tail = self.logfile.read_text()[-2000:] if self.logfile.exists() else ""

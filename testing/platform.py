@@ -50,7 +50,8 @@ class Postgres:
 
     def __init__(self, root: Path, databases: Sequence[str] = DATABASES) -> None:
         self._reservation: socket.socket | None = _reserve_port()
-        self.cluster = PgCluster(root / "pgdata", self._reservation.getsockname()[1])
+        # throwaway: fsync & co. off for speed (make up's cluster keeps them on)
+        self.cluster = PgCluster(root / "pgdata", self._reservation.getsockname()[1], durable=False)
         self.databases = tuple(databases)
         self.started = False
         self._migrated: set[str] = set()

@@ -47,8 +47,11 @@ def private_day(db_url, ready):
     yield day
     with connect(db_url) as conn:
         for table in ("predictions.churn", "predictions.spend", TABLE):
-            for name in (f"{table.split('.')[1]}_p{day:%Y%m%d}", f"{table.split('.')[1]}_stage_p{day:%Y%m%d}"):
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table.split(".")[0], name)))
+            schema, base = table.split(".")
+            names = [f"{base}_p{day:%Y%m%d}", *(r[0] for r in conn.execute(  # and any run's staging table
+                "SELECT relname FROM pg_class WHERE relname LIKE %s", (f"{base}\\_stage\\_p{day:%Y%m%d}%",)))]
+            for name in names:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
         conn.execute("DELETE FROM ops.batch_runs WHERE prediction_date = %s", (day,))
         conn.execute("DELETE FROM ops.prediction_rejects WHERE prediction_date = %s", (day,))
         conn.commit()

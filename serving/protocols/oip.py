@@ -118,6 +118,8 @@ def model_metadata(model: str, version: str | None = None) -> Response:
            responses={200: json_answer("Ready", _READY), 503: _NOT_READY}, errors=(404,), endpoint="version_ready")
 def model_ready(model: str, version: str | None = None) -> Response:
     loaded = _loaded_version()
+    if version is not None and loaded is not None and version != loaded:  # as the version's metadata: 404
+        raise ApiError(404, "unknown_version", f"model '{model}' version {version} is not loaded (loaded: {loaded})")
     ok = loaded is not None and (version is None or version == loaded)
     return json_response({"name": plane().spec.name, "ready": ok}, 200 if ok else 503)
 
