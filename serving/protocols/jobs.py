@@ -18,7 +18,7 @@ from serving.dataplane import plane
 from serving.errors import ERROR_SCHEMA, ApiError, error_response
 from serving.openapi import ref
 from serving.routes import Param, Protocol, Scope, json_answer
-from serving.wire import json_response, records_body
+from serving.wire import check_entity_keys, json_response, records_body
 
 api = Protocol("jobs", "Async predictions through the job queue", ERROR_SCHEMA, error_response)
 
@@ -61,6 +61,7 @@ def submit_job(model: str) -> Response:
     if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
         raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters")
     _, records = records_body(("records",))
+    check_entity_keys(records, plane().entity_key)
     job, created = plane().submit_job(records, key)
     location = url_for("jobs.get_job", job_id=str(job.id))
     if created:
