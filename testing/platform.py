@@ -5,9 +5,9 @@ pyproject). Each piece is a start/stop object under one temporary directory and 
         db = p.database()                  # PostgreSQL (serving, mlflow, airflow databases), migrations applied
         uri = p.mlflow()                   # a real MLflow tracking server + registry on that PostgreSQL
         end = p.features(day, 30, 2_000)   # demo feature snapshots
-        train_champion(spec, db, end + 1d) # a trained, gate-promoted version aliased champion
-        p.gunicorn("churn")                # one model's gunicorn (testing.servers), stopped on close
-        p.worker("churn")                  # an async queue worker, stopped on close
+        train_champion(spec, db, end + dt.timedelta(days=1))  # trained, gate-promoted, aliased champion
+        p.gunicorn("churn", port)          # one model's gunicorn (testing.servers), stopped on close
+        p.worker("churn", "w0")            # an async queue worker (log <root>/w0.log), killed on close
 
 Nothing starts before it is first needed: the PostgreSQL port is reserved when the Platform is made, so its URLs
 (DATABASE_URL, Airflow's connection) can go into the environment before anything imports Airflow, while the
@@ -227,11 +227,6 @@ class Platform:
         worker = AsyncWorker(model, self.root / f"{name}.log", env)
         self._workers.append(worker)
         return worker
-
-    def stop(self, proc: subprocess.Popen) -> None:
-        stop_process(proc)
-        if proc in self._procs:
-            self._procs.remove(proc)
 
     def close(self) -> None:
         for worker in self._workers:
