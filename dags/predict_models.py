@@ -2,8 +2,12 @@
 version into the model's prediction table, atomically.
 
     check_features -> resolve_version -> prepare -> score_shard x N (mapped) -> swap [Asset] -> drop_expired
+                                       prepare -> score_challenger (shadow, beside the shards) -> swap
 
-Scheduled by the spec's `schedule` (catchup off; backfill with `airflow backfill create`), triggerable by hand.
+Scheduled by the spec's `schedule` (catchup off; backfill with `airflow backfill create`) OR by the Asset
+`champion.<model>` the training gate publishes on a promotion (that run re-scores the latest predicted day with
+the new champion); triggerable by hand. A scheduled or promotion run before any champion exists ends skipped.
+The version aliased `challenger`, if any, scores the same day into `<prediction table>_shadow`.
 Run conf (all optional): {"date": "2026-11-01", "model_version": "3"}.
 """
 
@@ -12,9 +16,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from airflow_tasks import predict_tasks
+from airflow_tasks.training_tasks import promotion_asset
 from scoring.spec import ModelSpec, load_specs
 
 START = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # runs (and backfills) need logical dates after it
@@ -25,7 +30,9 @@ def build(spec: ModelSpec) -> DAG:
     with DAG(
         dag_id=f"predict_{spec.name}",
         description=f"Batch predictions of model '{spec.name}' into {spec.prediction_table}",
-        schedule=spec.schedule,
+        # the nightly cron, or at once when the gate promotes a new champion
+        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"),
+                                     assets=promotion_asset(spec)),
         start_date=START,
         catchup=False,
         max_active_runs=1,  # one staging table per (model, date): runs of one model must not overlap
@@ -50,9 +57,14 @@ def build(spec: ModelSpec) -> DAG:
         def score_shard(plan: dict[str, Any], shard: int) -> dict[str, Any]:
             return predict_tasks.score_shard(spec, plan, shard)
 
-        @task(outlets=[table_asset], retries=0)  # too many rejects stays too many on retry
-        def swap(plan: dict[str, Any], shard_results: list[dict[str, Any]]) -> dict[str, Any]:
-            return predict_tasks.swap(spec, plan, shard_results)
+        @task(trigger_rule="none_failed_min_one_success",  # a skipped challenger must not skip the swap
+              outlets=[table_asset], retries=0)  # too many rejects stays too many on retry
+        def swap(plan: dict[str, Any], shard_results: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
+            return predict_tasks.swap(spec, plan, shard_results, context)
+
+        @task(retries=0)  # best effort: never in the champion's way (a failure ends it skipped with the reason)
+        def score_challenger(day: str, **context: Any) -> dict[str, Any]:
+            return predict_tasks.score_challenger(spec, day, context)
 
         @task(retries=1)
         def drop_expired(day: str) -> list[str]:
@@ -63,7 +75,11 @@ def build(spec: ModelSpec) -> DAG:
         day >> version
         plan = prepare(day, version)
         shards = score_shard.partial(plan=plan).expand(shard=list(range(spec.batch.shards)))
-        swap(plan, shards) >> drop_expired(day)
+        challenger = score_challenger(day)
+        plan >> challenger  # after prepare, beside the shards: the shadow is in place when swap publishes
+        swapped = swap(plan, shards)
+        challenger >> swapped
+        swapped >> drop_expired(day)
     return dag
 
 

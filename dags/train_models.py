@@ -1,5 +1,10 @@
 """`train_<model>` DAGs, one per entry of models.yaml: check the data window, train + log + register a version in
-MLflow, then the promotion gate (moves the `champion` alias only if the candidate passes).
+MLflow, then the promotion gate (moves the `champion` alias only if the candidate passes, and then publishes the
+Asset `champion.<model>`, on which predict_<model> also runs; a candidate refused only for being worse than the
+champion becomes the `challenger`, scored in shadow by the nightly run).
+
+A scheduled run of a model without any champion whose window cannot be trained on (a fresh platform) ends
+skipped with the reason instead of failed.
 
 Scheduled by the spec's `train_schedule` and triggerable by hand. Run conf (all optional):
   {"end_date": "2026-11-02", "xgboost_overrides": {"n_estimators": 1, "max_depth": 1}}
@@ -40,9 +45,10 @@ def build(spec: ModelSpec) -> DAG:
         def train_and_register(window: dict[str, Any], **context: Any) -> dict[str, Any]:
             return training_tasks.train(spec, window, context)
 
-        @task(retries=2, retry_delay=dt.timedelta(seconds=30))  # idempotent: re-decides on the same rows
-        def gate(candidate: dict[str, Any]) -> dict[str, Any]:
-            return training_tasks.gate(spec, candidate)
+        # idempotent: re-decides on the same rows; a promotion publishes the champion Asset (via the alias)
+        @task(retries=2, retry_delay=dt.timedelta(seconds=30), outlets=[training_tasks.promotion_alias(spec)])
+        def gate(candidate: dict[str, Any], **context: Any) -> dict[str, Any]:
+            return training_tasks.gate(spec, candidate, context)
 
         gate(train_and_register(check_window()))
     return dag

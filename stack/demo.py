@@ -1,11 +1,15 @@
 """`make demo`: the running platform (after `make up`) shown end to end, idempotently.
 
 1. seeds the demo feature history (35 days x 20,000 customers ending today) - only the days that are missing;
+   today's snapshot carries the generator's planted drift (avg_session_minutes x 1.6; --drift-from, --no-drift);
 2. trains every model through Airflow's REST API (`train_<model>`) - skipped for a model that already has a
-   `champion` in MLflow, unless --retrain;
-3. triggers today's batch predictions (`predict_<model>`, when those DAGs exist) - a run that already
-   succeeded is kept, a failed one is cleared and re-run;
-4. prints (and runs) a SQL query over the results and a curl against the serving app.
+   `champion` in MLflow, unless --retrain. The scheduler's own first run (made when `make up` unpaused the DAG,
+   skipped then for lack of data) is re-run rather than a second one triggered: one training run per model;
+3. today's batch predictions: the promotion triggers `predict_<model>` by itself (the champion Asset); without
+   a promotion the demo triggers it - a run that already succeeded is kept, a failed one is cleared and re-run;
+4. the predictions trigger `monitor_<model>`: its run for today raises the alert on the drifted feature
+   (that failed `alert` task is the demo's point), and the report's URL is printed;
+5. prints (and runs) a SQL query over the results and a curl against the serving app.
 """
 
 from __future__ import annotations
@@ -58,6 +62,22 @@ def seed_features(url: str, end: dt.date, days: int, customers: int) -> int:
     return len(todo)
 
 
+def plant_drift(api: AirflowClient, url: str, start: dt.date, end: dt.date, customers: int) -> None:
+    """Rewrite the days [start, end] with the generator's planted drift, once the demo_features DAG's own run
+    (which writes today's clean snapshot when `make up` unpauses it) is over, so it cannot overwrite them."""
+    from scoring.demo_data import DRIFT_FACTOR, DRIFT_FEATURE, generate_day, write_day
+
+    deadline = time.time() + 120
+    while time.time() < deadline and any(r["state"] in ("queued", "running") for r in _runs(api, "demo_features")):
+        time.sleep(3)
+    with psycopg.connect(url) as conn:
+        day = start
+        while day <= end:
+            write_day(conn, generate_day(day, customers, drift_from=start), day)
+            day += dt.timedelta(days=1)
+    say(f"features: planted drift from {start} ({DRIFT_FEATURE} x {DRIFT_FACTOR}; scoring/demo_data.py)")
+
+
 # --- 2./3. DAG runs ------------------------------------------------------------------------------------------
 
 def has_champion(mlflow_url: str, model: str) -> str | None:
@@ -104,6 +124,94 @@ def run_and_wait(api: AirflowClient, runs: list[tuple[str, str, dt.datetime]], t
             failed.append(f"{dag_id} run {run_id}: {bad} - see {api.base_url}/dags/{dag_id}/runs/{run_id}")
     if failed:
         raise DemoError("DAG run(s) failed:\n  " + "\n  ".join(failed))
+
+
+def _runs(api: AirflowClient, dag_id: str) -> list[dict[str, Any]]:
+    """The DAG's runs, newest first."""
+    resp = api._call("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 20})
+    return resp.json().get("dag_runs", [])
+
+
+def train_once(api: AirflowClient, models: list[str], timeout: float) -> None:
+    """Train each model with ONE run: the scheduler's first run if there is one (waited for while it runs, re-run
+    when it ended without training, e.g. skipped for lack of data before the features were seeded), else a new
+    run. A fresh platform thus shows one training run per model, none failed."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    runs = []
+    for model in models:
+        dag_id = f"train_{model}"
+        scheduled = [r for r in _runs(api, dag_id) if r.get("run_type") == "scheduled"]
+        if not scheduled:
+            runs.append((dag_id, f"demo__{now:%Y%m%dT%H%M%S}", now))
+            continue
+        run = scheduled[0]
+        if run["state"] in ("success", "failed"):
+            # its tasks were skipped or failed without a champion: run it again now that the data is there
+            api._call("POST", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/clear",
+                      json={"dry_run": False, "only_failed": False})
+            say(f"  {dag_id}: re-running the scheduler's run {run['dag_run_id']} (it ended {run['state']} "
+                f"before the features were there)")
+        else:
+            say(f"  {dag_id}: the scheduler's run {run['dag_run_id']} is {run['state']}; waiting for it")
+        runs.append((dag_id, run["dag_run_id"], now))
+    run_and_wait(api, runs, timeout)
+
+
+def wait_for_new_run(api: AirflowClient, dag_id: str, after: dt.datetime, kinds: tuple[str, ...],
+                     timeout: float) -> dict[str, Any] | None:
+    """The first run of `dag_id` of one of `kinds` queued after `after` (e.g. the run an Asset triggered)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for run in _runs(api, dag_id):
+            queued = dt.datetime.fromisoformat(run.get("queued_at") or run["run_after"])
+            if run.get("run_type") in kinds and queued >= after:
+                return run
+        time.sleep(3)
+    return None
+
+
+def show_monitoring(api: AirflowClient, cfg: StackConfig, models: list[str], after: dt.datetime,
+                    timeout: float) -> None:
+    """Wait for the monitor run the predictions triggered; show its alerts and the report's URL."""
+    say("\nMonitoring (monitor_<model>, triggered by the predictions Asset):")
+    for model in models:
+        dag_id = f"monitor_{model}"
+        run = wait_for_new_run(api, dag_id, after, ("asset_triggered", "manual"), timeout=120)
+        if run is None:
+            say(f"  {dag_id}: no run appeared; trigger it in the UI")
+            continue
+        try:
+            state = api.wait(dag_id, run["dag_run_id"], timeout)
+        except AirflowApiError as exc:
+            say(f"  {dag_id}: {exc}")
+            continue
+        with psycopg.connect(cfg.db_url("serving")) as conn:
+            rows = conn.execute("SELECT monitor_date, check_name, round(value::numeric, 4), threshold, status "
+                                "FROM ops.monitoring_checks WHERE model_name = %s AND status IN ('alert', 'warn') "
+                                "AND monitor_date = (SELECT max(monitor_date) FROM ops.monitoring_checks "
+                                "WHERE model_name = %s) ORDER BY status, check_name", (model, model)).fetchall()
+        verdict = "ALERT (the planted drift, as expected)" if state == "failed" else "no alert"
+        say(f"  {dag_id}: {state} - {verdict}")
+        for day, check, value, threshold, status in rows:
+            say(f"    {day} {status:5} {check} = {value} (threshold {threshold:g})")
+        say(f"    report: {report_url(cfg.mlflow_url, model)}")
+    say(f"  all checks: psql {cfg.db_url('serving')} -c \"SELECT * FROM ops.monitoring_checks "
+        f"ORDER BY monitor_date DESC, status LIMIT 20\"")
+
+
+def report_url(mlflow_url: str, model: str) -> str:
+    """The MLflow page of the latest monitoring run's artifacts (report/index.html and its plots)."""
+    from mlflow import MlflowClient
+
+    mc = MlflowClient(tracking_uri=mlflow_url)
+    experiment = mc.get_experiment_by_name(f"serving/{model}-monitoring")
+    if experiment is None:
+        return "(no monitoring run yet)"
+    runs = mc.search_runs([experiment.experiment_id], order_by=["tags.monitor_date DESC"], max_results=1)
+    if not runs:
+        return "(no monitoring run yet)"
+    return (f"{mlflow_url}/#/experiments/{experiment.experiment_id}/runs/{runs[0].info.run_id}/artifacts "
+            f"(open report/index.html)")
 
 
 def wait_for_dags(api: AirflowClient, dag_ids: list[str], timeout: float) -> None:
@@ -186,7 +294,8 @@ def show_curl(cfg: StackConfig, model: str, index: int, day: dt.date, entity_id:
 
 # --- main ----------------------------------------------------------------------------------------------------
 
-def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: float) -> None:
+def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: float,
+         drift_from: dt.date | None = None) -> None:
     from scoring.spec import load_specs
 
     specs = load_specs()
@@ -199,6 +308,8 @@ def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: fl
         raise DemoError(f"Airflow is not reachable at {cfg.airflow_url} ({exc}); run `make up` first") from exc
     models = list(specs)
     wait_for_dags(api, [f"train_{m}" for m in models], timeout=180)
+    if drift_from is not None and drift_from <= today:
+        plant_drift(api, cfg.db_url("serving"), drift_from, today, customers)
 
     to_train = []
     for model in models:
@@ -207,10 +318,14 @@ def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: fl
             say(f"training: {model} already has a champion (version {version}); skipped (--retrain to train again)")
         else:
             to_train.append(model)
+    trained_at = dt.datetime.now(dt.UTC)
     if to_train:
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         say(f"training through Airflow ({cfg.airflow_url}): {', '.join(to_train)}")
-        run_and_wait(api, [(f"train_{m}", f"demo__{now:%Y%m%dT%H%M%S}", now) for m in to_train], timeout)
+        if retrain:
+            now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+            run_and_wait(api, [(f"train_{m}", f"demo__{now:%Y%m%dT%H%M%S}", now) for m in to_train], timeout)
+        else:
+            train_once(api, to_train, timeout)
     champions = {m: has_champion(cfg.mlflow_url, m) for m in models}
     for model, version in champions.items():
         if version:
@@ -225,8 +340,20 @@ def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: fl
     if predict:
         midnight = dt.datetime.combine(today, dt.time(), tzinfo=dt.UTC)
         say(f"batch predictions for {today}: {', '.join(predict)}")
-        run_and_wait(api, [(f"predict_{m}", f"demo__{today}", midnight) for m in predict], timeout)
+        runs = []
+        for m in predict:
+            # a promotion publishes the champion Asset: predict_<m> is already re-scoring with the new champion
+            promoted = m in to_train and wait_for_new_run(api, f"predict_{m}", trained_at, ("asset_triggered",),
+                                                          timeout=90)
+            if promoted:
+                say(f"  predict_{m}: run {promoted['dag_run_id']} triggered by the promotion")
+                runs.append((f"predict_{m}", promoted["dag_run_id"], midnight))
+            else:
+                runs.append((f"predict_{m}", f"demo__{today}", midnight))
+        predicted_at = dt.datetime.now(dt.UTC)
+        run_and_wait(api, runs, timeout)
         show_results(cfg, predict, {m: specs[m].prediction_table for m in predict}, today)
+        show_monitoring(api, cfg, predict, predicted_at - dt.timedelta(minutes=10), timeout)
     elif not expected:
         say("batch predictions: no predict_<model> DAG in this checkout yet; skipped")
 
@@ -252,10 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=35, help="days of feature history (default 35)")
     parser.add_argument("--customers", type=int, default=20_000, help="customers per day (default 20000)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each DAG run")
+    parser.add_argument("--drift-from", type=dt.date.fromisoformat, default=dt.datetime.now(dt.UTC).date(),
+                        metavar="YYYY-MM-DD", help="plant the demo data's drift from this date on (default: today)")
+    parser.add_argument("--no-drift", action="store_true", help="no planted drift")
     args = parser.parse_args(argv)
     began = time.monotonic()
     try:
-        demo(StackConfig.from_env(), args.retrain, args.days, args.customers, args.timeout)
+        demo(StackConfig.from_env(), args.retrain, args.days, args.customers, args.timeout,
+             None if args.no_drift else args.drift_from)
     except (DemoError, AirflowApiError, ConfigError, psycopg.Error) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1

@@ -66,7 +66,8 @@ def test_dag_shape():
     assert dag.catchup is False and dag.max_active_runs == 1 and "batch" in dag.tags
     assert {"date", "model_version"} <= set(dag.params.keys())
     ids = [t.task_id for t in dag.topological_sort()]
-    assert ids == ["check_features", "resolve_version", "prepare", "score_shard", "swap", "drop_expired"]
+    assert ids == ["check_features", "resolve_version", "prepare", "score_shard", "score_challenger", "swap",
+                   "drop_expired"]
     swap = dag.get_task("swap")
     assert [a.name for a in swap.outlets] == ["predictions.churn"]
     assert parse("predict_spend").params["model_version"] is None

@@ -69,6 +69,17 @@ def _run(dag, logical_date: dt.datetime, conf: dict | None = None):
     return dr, states, DagRunState
 
 
+def _promotion_events(run_id: str) -> list[dict]:
+    """The `champion.churn` Asset events a training run published (the gate adds one only when it promotes)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = (session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                  .filter(AssetModel.name == "champion.churn", AssetEvent.source_run_id == run_id).all())
+        return [dict(e.extra or {}) for e in events]
+
+
 def _new_version(registry, name: str, before: set[int]) -> int:
     new = _versions(registry, name) - before
     assert len(new) == 1, f"expected exactly one new version of {name}, got {sorted(new)}"
@@ -105,11 +116,29 @@ def test_train_churn_registers_and_gate_refuses_a_worse_candidate(weak_run, regi
     run = registry.get_run(tags["run_id"])
     assert run.data.params["n_estimators"] == "1" and run.data.params["max_depth"] == "1"
     assert run.data.tags["airflow_run_id"] == dr.run_id
+    # Refused only for the champion comparison (within the latency budget): it runs in shadow as the challenger,
+    # and a refusal publishes no promotion.
+    assert tags["gate.challenger"] == "true"
+    assert registry.get_model_version_by_alias("churn", "challenger").version == str(weak_run["version"])
+    assert _promotion_events(dr.run_id) == []
 
 
 def test_train_churn_promotes_a_better_candidate(dags, registry, weak_run, keep_champion, logs):
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
     from scoring.spec import load_spec
     from scoring.training import Window
+
+    # The predict DAGs are known to Airflow (as the dag-processor would have stored them), so a promotion
+    # queues an asset-triggered run of predict_churn.
+    predict_bag = DagBag(dag_folder=str(REPO / "dags" / "predict_models.py"), safe_mode=False)
+    sync_bag_to_db(predict_bag, "dags-folder", None)
+    with create_session() as session:  # unpaused, as `make up` leaves it (Airflow queues only for active DAGs)
+        session.query(DagModel).filter(DagModel.dag_id == "predict_churn").update({"is_paused": False})
+        session.query(AssetDagRunQueue).filter(AssetDagRunQueue.target_dag_id == "predict_churn").delete()
 
     # Arrange: the weak (refused) version serves, as if an earlier, worse model had been promoted.
     weak, end = weak_run["version"], weak_run["end"]
@@ -133,6 +162,15 @@ def test_train_churn_promotes_a_better_candidate(dags, registry, weak_run, keep_
     out = logs()
     assert f"gate decision for churn version {version}: PROMOTED" in out
     assert '"champion_roc_auc"' in out and '"p99_ms"' in out
+    # The promotion published the champion Asset, which predict_churn is scheduled on (besides its cron):
+    # Airflow queued an asset-triggered predict_churn run.
+    assert [e["version"] for e in _promotion_events(dr.run_id)] == [str(version)]
+    schedule = predict_bag.dags["predict_churn"].timetable
+    assert schedule.asset_condition.name == "champion.churn"
+    assert schedule.timetable.expression == "0 2 * * *"  # and still its nightly cron
+    with create_session() as session:
+        queued = session.query(AssetDagRunQueue).filter(AssetDagRunQueue.target_dag_id == "predict_churn").count()
+    assert queued == 1
 
 
 def test_train_defaults_to_the_logical_date(dags, registry, logs):

@@ -15,6 +15,7 @@ from airflow.sdk import Asset, Param
 
 from airflow_tasks.hooks import serving_db_connection
 from airflow_tasks.run_dates import ConfError, conf_date, run_date
+from airflow_tasks.training_tasks import run_kind
 from scoring.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,35 @@ def predict_params() -> dict[str, Param]:
 
 
 def prediction_date(context: Mapping[str, Any]) -> dt.date:
-    return conf_date(context["params"].get("date"), "date") or run_date(context)
+    """conf `date`; for a run triggered by a promotion, the latest predicted date (the day lookups serve, which
+    the new champion's predictions replace; today when nothing was predicted yet); else the run's date."""
+    day = conf_date(context["params"].get("date"), "date")
+    if day is not None:
+        return day
+    if run_kind(context) == "asset_triggered":
+        with serving_db_connection() as conn:
+            row = conn.execute("SELECT max(prediction_date) FROM ops.batch_runs WHERE model_name = %s "
+                               "AND status = 'success'", (context["dag"].dag_id.removeprefix("predict_"),)).fetchone()
+        if row and row[0]:
+            return row[0]
+    return run_date(context)
+
+
+def _skip_without_champion(spec: ModelSpec, context: Mapping[str, Any], why: str = "") -> None:
+    """A scheduled or promotion-triggered run of a model that has no champion yet ends skipped with the reason
+    (a fresh platform: nothing to score with yet), never failed. A manual run still fails, saying so."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from scoring.registry import CHAMPION, RegistryError, resolve_version
+
+    if run_kind(context) not in ("scheduled", "asset_triggered") or model_ref(context) != CHAMPION:
+        return
+    try:
+        resolve_version(spec.name, CHAMPION)
+    except RegistryError as exc:
+        if "no version with alias" in str(exc):
+            raise AirflowSkipException(f"model '{spec.name}' has no champion yet (train_{spec.name} promotes one; "
+                                       f"its promotion re-triggers this DAG): skipped, not failed{why}") from exc
 
 
 def model_ref(context: Mapping[str, Any]) -> str:
@@ -56,6 +85,7 @@ def check_features(spec: ModelSpec, context: Mapping[str, Any]) -> str:
     """Fail (with which table and date) unless the date's feature partition exists and has rows."""
     from scoring import batch
 
+    _skip_without_champion(spec, context)
     day = prediction_date(context)
     with serving_db_connection() as conn:
         batch.check_features(conn, spec, day)
@@ -76,6 +106,7 @@ def resolve_version(spec: ModelSpec, context: Mapping[str, Any]) -> str:
     except RegistryError as exc:
         if "unreachable" in str(exc):
             raise  # worth the task's retries: MLflow may be back in a moment
+        _skip_without_champion(spec, context, " (the alias went away during the run)")
         raise AirflowFailException(str(exc)) from exc  # a missing alias stays missing: fail now, no retries
     log.info("model %s: '%s' resolves to version %s", spec.name, ref, version)
     return version
@@ -108,15 +139,44 @@ def score_shard(spec: ModelSpec, plan: dict[str, Any], shard: int) -> dict[str, 
             "duration_s": round(result.duration_s, 3), "skipped": result.skipped}
 
 
-def swap(spec: ModelSpec, plan: dict[str, Any], shard_results: list[dict[str, Any]]) -> dict[str, Any]:
+def swap(spec: ModelSpec, plan: dict[str, Any], shard_results: list[dict[str, Any]],
+         context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from scoring import batch
 
     run = batch.BatchPlan.from_dict(plan)
     log.info("model %s: shards finished: %s", spec.name, list(shard_results))
     with serving_db_connection() as conn:
         result = batch.swap_or_fail(conn, spec, run)
+    if context is not None:  # the monitor DAG reads which date was swapped in from the Asset event
+        context["outlet_events"][prediction_asset(spec)].extra = {"date": run.day, "version": run.version}
     return {"date": run.day, "version": run.version, "rows_scored": result.rows_scored,
             "rows_rejected": result.rows_rejected, "table": spec.prediction_table}
+
+
+def score_challenger(spec: ModelSpec, day: str, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Score the day with the version aliased `challenger` into the shadow table (skipped when there is none).
+    Never in the champion's way: a failure is logged and ends this task skipped with the reason."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from scoring.monitoring.shadow import score_shadow, shadow_table
+    from scoring.registry import CHALLENGER, RegistryError, resolve_version
+    from scoring.scorer import Scorer
+
+    try:
+        version = resolve_version(spec.name, CHALLENGER)
+    except RegistryError as exc:
+        raise AirflowSkipException(f"model '{spec.name}': no challenger to score in shadow ({exc})") from exc
+    try:
+        scorer = Scorer.from_registry(spec, version)
+        with serving_db_connection() as conn, serving_db_connection() as read_conn:
+            result = score_shadow(conn, read_conn, spec, dt.date.fromisoformat(day), f"{context['run_id']}__shadow",
+                                  scorer)
+    except Exception as exc:
+        log.warning("model %s: challenger version %s could not be scored in shadow: %s", spec.name, version, exc)
+        raise AirflowSkipException(f"challenger version {version} not scored: {type(exc).__name__}: {exc}") from exc
+    log.info("model %s: challenger version %s scored %d rows of %s into %s", spec.name, version,
+             result.rows_scored, day, shadow_table(spec))
+    return {"version": version, "rows_scored": result.rows_scored, "table": shadow_table(spec)}
 
 
 def drop_expired(spec: ModelSpec, day: str) -> list[str]:

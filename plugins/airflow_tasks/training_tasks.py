@@ -13,13 +13,48 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import Param
+from airflow.sdk import Asset, AssetAlias, Param
 
 from airflow_tasks.hooks import serving_db_connection
 from airflow_tasks.run_dates import ConfError, conf_date, run_date
 from scoring.spec import XGBOOST_PARAMS, ModelSpec, validate_xgboost_params
 
 log = logging.getLogger(__name__)
+
+
+def promotion_asset(spec: ModelSpec) -> Asset:
+    """Updated whenever the gate moves the `champion` alias of the model: the predict DAG schedules on it (as
+    well as on its cron), so a new champion's predictions replace the day's at once."""
+    return Asset(name=f"champion.{spec.name}", uri=f"x-serving-registry://{spec.name}/champion", group="promotions")
+
+
+def promotion_alias(spec: ModelSpec) -> AssetAlias:
+    """The gate's outlet: an event is added through it only when the gate promotes (a refusal publishes nothing)."""
+    return AssetAlias(name=f"promotion.{spec.name}", group="promotions")
+
+
+def run_kind(context: Mapping[str, Any]) -> str:
+    """'scheduled', 'asset_triggered', 'manual' or 'backfill': how the run was started."""
+    kind = getattr(context.get("dag_run"), "run_type", "")
+    return str(getattr(kind, "value", kind))
+
+
+def _first_start_skip(spec: ModelSpec, context: Mapping[str, Any], reason: str) -> None:
+    """Skip (not fail) a scheduled run of a model that has no champion yet: a fresh platform has nothing to
+    train on until features arrive, and nothing is broken. With a champion, the same problem fails the run."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from scoring.registry import CHAMPION, RegistryError, resolve_version
+
+    if run_kind(context) != "scheduled":
+        return
+    try:
+        resolve_version(spec.name, CHAMPION)
+    except RegistryError as exc:
+        if "no version with alias" in str(exc):
+            raise AirflowSkipException(f"model '{spec.name}' has no champion yet and {reason}; skipped, not failed "
+                                       f"(a first start: trigger train_{spec.name} once features are loaded)") from exc
+        raise
 
 
 def train_params() -> dict[str, Param]:
@@ -56,7 +91,11 @@ def check_window(spec: ModelSpec, context: Mapping[str, Any]) -> dict[str, Any]:
     end = end_date(context)
     params = training.fit_params(spec, overrides(context))
     with serving_db_connection() as conn:
-        stats = training.check_window(conn, spec, end)
+        try:
+            stats = training.check_window(conn, spec, end)
+        except training.TrainingError as exc:
+            _first_start_skip(spec, context, f"the training window cannot be trained on ({exc})")
+            raise
     log.info("model %s: window [%s, %s) holds %d training and %d held-out labelled rows (from %s); "
              "parameters %s", spec.name, stats.window.start, stats.window.end, stats.train_rows, stats.holdout_rows,
              spec.source.table, json.dumps(params, sort_keys=True))
@@ -75,8 +114,9 @@ def train(spec: ModelSpec, window: Mapping[str, Any], context: Mapping[str, Any]
             "baseline": candidate.baseline, "end": window["end"]}
 
 
-def gate(spec: ModelSpec, candidate: Mapping[str, Any]) -> dict[str, Any]:
-    """Compare the registered candidate with the champion on the same held-out rows; move the alias or not."""
+def gate(spec: ModelSpec, candidate: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Compare the registered candidate with the champion on the same held-out rows; move the alias or not.
+    A promotion publishes `promotion_asset(spec)` (through the task's alias outlet): the predict DAG re-scores."""
     from scoring import training
 
     with serving_db_connection() as conn:
@@ -86,5 +126,11 @@ def gate(spec: ModelSpec, candidate: Mapping[str, Any]) -> dict[str, Any]:
     (log.info if decision.promoted else log.warning)(
         "gate decision for %s version %s: %s. Reason: %s. Figures: %s", spec.name, candidate["version"], outcome,
         decision.reason, json.dumps(decision.figures, sort_keys=True))
+    if decision.promoted and context is not None:
+        context["outlet_events"][promotion_alias(spec)].add(
+            promotion_asset(spec), extra={"version": str(candidate["version"]), "reason": decision.reason})
+        log.info("model %s: published %s (predict_%s re-scores with version %s)", spec.name,
+                 promotion_asset(spec).name, spec.name, candidate["version"])
     return {"version": candidate["version"], "promoted": decision.promoted, "reason": decision.reason,
-            "figures": decision.figures, "compared_with": decision.champion_version}
+            "figures": decision.figures, "compared_with": decision.champion_version,
+            "challenger": decision.challenger}

@@ -14,7 +14,9 @@ All are figures (status info): evidence for a person deciding, not alerts.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -24,6 +26,10 @@ from scoring.monitoring.checks import CheckResult, judge
 from scoring.monitoring.metrics import defined, metric_value
 from scoring.spec import ModelSpec
 from scoring.store import split_table
+
+if TYPE_CHECKING:
+    from scoring.batch import RunResult
+    from scoring.scorer import Scorer
 
 AGREEMENT_TOLERANCE = 0.1  # regressors: relative difference still counted as agreement
 
@@ -39,6 +45,33 @@ def ensure_shadow_table(conn: psycopg.Connection, spec: ModelSpec) -> None:
                          "PRIMARY KEY (prediction_date, {key})) PARTITION BY LIST (prediction_date)").format(
         shadow=sql.Identifier(*split_table(shadow_table(spec))),
         parent=sql.Identifier(*split_table(spec.prediction_table)), key=sql.Identifier(spec.source.entity_key)))
+
+
+def shadow_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec the batch steps run with for the shadow: its own table and its own name in ops.batch_runs
+    (`<model>_shadow`), so a shadow run never counts as the day's served run; one shard."""
+    return dataclasses.replace(spec, name=f"{spec.name}_shadow", prediction_table=shadow_table(spec),
+                               batch=dataclasses.replace(spec.batch, shards=1))
+
+
+def score_shadow(conn: psycopg.Connection, read_conn: psycopg.Connection, spec: ModelSpec, day: dt.date,
+                 run_id: str, scorer: Scorer) -> RunResult:
+    """Score `day` with the challenger's `scorer` into the shadow table: the batch path's own steps (staging
+    table, COPY, atomic swap of the day's partition), recorded as model `<model>_shadow` in ops.batch_runs."""
+    from scoring import batch
+
+    shadow = shadow_spec(spec)
+    batch.check_features(conn, spec, day)
+    with conn.transaction():
+        ensure_shadow_table(conn, spec)
+    plan = batch.prepare(conn, shadow, day, run_id, scorer.version, 1)
+    try:
+        batch.score_shard(read_conn, conn, scorer, plan, 0)
+    except Exception as exc:
+        conn.rollback()
+        batch.fail_run(conn, plan, f"{type(exc).__name__}: {exc}")
+        raise
+    return batch.swap_or_fail(conn, shadow, plan)
 
 
 def _exists(conn: psycopg.Connection, qualified: str) -> bool:
