@@ -206,3 +206,20 @@ def test_report_page_embeds_every_plot(tmp_path):
     assert text.count("data:image/png;base64,") == 3  # self-contained: no external reference
     assert 'class="badge alert">alert' in text and "psi.x" in text
     assert (tmp_path / "report" / "feature_x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_monitor_dag_picks_the_days_the_predict_runs_swapped_in():
+    from types import SimpleNamespace
+
+    import airflow.settings  # noqa: F401 - puts the plugins folder on sys.path
+
+    from airflow_tasks.monitor_tasks import monitored_days
+
+    spec = load_specs()["churn"]
+    events = {"predictions.churn": [SimpleNamespace(extra={"date": "2026-11-01", "version": "3"}),
+                                    SimpleNamespace(extra={"date": "2026-10-31"})]}
+    triggered = {"params": {}, "triggering_asset_events": events, "logical_date": None}
+    assert monitored_days(spec, triggered) == [dt.date(2026, 10, 31), dt.date(2026, 11, 1)]
+    assert monitored_days(spec, {**triggered, "params": {"date": "2026-01-02"}}) == [dt.date(2026, 1, 2)]
+    by_hand = {"params": {}, "logical_date": dt.datetime(2026, 11, 3, 3, tzinfo=dt.UTC)}
+    assert monitored_days(spec, by_hand) == [dt.date(2026, 11, 3)]
