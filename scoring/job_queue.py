@@ -6,7 +6,15 @@ How it stays correct with several workers:
   so a worker whose lease expired and was reclaimed can no longer write (a result is written exactly once);
 - expired leases are put back to `queued` (or `failed` when out of attempts: a job that kills its worker every
   time must not loop forever);
-- submit NOTIFYs `prediction_jobs_<model>` in its transaction, so idle workers wake as soon as it commits.
+- submit NOTIFYs `prediction_jobs_<model>` in its transaction, so idle workers wake as soon as it commits;
+- submits are made in groups: `insert_jobs` queues many jobs with ONE multi-row INSERT and one NOTIFY inside the
+  caller's transaction (a bulk request, or the serving process's group commit of concurrent requests), so a
+  commit is shared by many jobs; nothing is visible before that commit, so a crash before it leaves no job;
+- a job belongs to the client that submitted it (`owner`): reads and cancels are scoped to it, and idempotency
+  keys are per (model, owner);
+- a running job's lease is renewed while its claim is being scored (`renew_leases`, fenced on the claim);
+- a claim stops adding jobs past a byte cap (always at least one job);
+- a queued job past its `expires_at` (the TTL set at submit) ends `expired` with the reason, never scored.
 
 No Flask or Airflow here: the serving blueprint, the worker and the retention DAG call these functions.
 """
@@ -23,13 +31,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 if TYPE_CHECKING:  # the scorer (XGBoost, MLflow, pandas) stays out of the queue's import: the DAG parses fast
     from scoring.scorer import Predictions
 
 TABLE = "ops.prediction_jobs"
-FINISHED = ("done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled", "expired")
+ANONYMOUS = "anonymous"  # the owner of jobs submitted without a named client (auth off)
 DEFAULT_MAX_ATTEMPTS = 3
 
 
@@ -55,10 +63,12 @@ class JobStateError(QueueError):
 class IdempotencyConflict(QueueError):
     """An idempotency key was reused with a different payload."""
 
-    def __init__(self, model: str, key: str, job_id: uuid.UUID) -> None:
-        super().__init__(f"idempotency key {key!r} was already used for job {job_id} of model '{model}' "
+    def __init__(self, model: str, key: str, job_id: uuid.UUID, index: int | None = None) -> None:
+        where = f"job {index}: " if index is not None else ""
+        super().__init__(f"{where}idempotency key {key!r} was already used for job {job_id} of model '{model}' "
                          f"with different records")
         self.job_id = job_id
+        self.index = index  # the job's position in a bulk submit
 
 
 def channel(model: str) -> str:
@@ -109,6 +119,8 @@ class Job:
     idempotency_key: str | None = None
     callback_url: str | None = None
     result_writes: int = 0
+    owner: str = ANONYMOUS
+    expires_at: dt.datetime | None = None
 
     def to_dict(self, *, with_result: bool = True) -> dict[str, Any]:
         """The public view of a job (the GET /v1/jobs/<id> body)."""
@@ -118,6 +130,7 @@ class Job:
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
         if self.status == "done" and with_result:
             body["model_version"] = str(self.model_version)
@@ -128,75 +141,184 @@ class Job:
 
 
 _JOB_COLUMNS = ("id, model_name AS model, status, n_records, attempts, max_attempts, created_at, started_at, "
-                "finished_at, model_version, result, error, worker_id, idempotency_key, callback_url, result_writes")
+                "finished_at, model_version, result, error, worker_id, idempotency_key, callback_url, result_writes, "
+                "owner, expires_at")
 
 
 def _job(row: dict[str, Any]) -> Job:
     return Job(**row)
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """One job to queue: its already-validated records and what goes with them."""
+
+    records: Sequence[Mapping[str, Any]]
+    idempotency_key: str | None = None
+    owner: str = ANONYMOUS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    callback_url: str | None = None
+    ttl_s: float | None = None  # a queued job not claimed within this ends `expired`; None = never
+
+
+Submitted = tuple[Job, bool]  # (the job, created): created=False when its idempotency key returned an earlier job
+
+
+def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
+                ) -> list[Submitted | IdempotencyConflict]:
+    """Queue many jobs inside the CALLER's transaction (no commit here): one multi-row INSERT, one lookup of the
+    keys that already existed, one NOTIFY. Returns, per job in order, (job, created) or the IdempotencyConflict
+    of a key reused with different records (the caller decides whether that aborts the others).
+
+    A key seen twice in `jobs` (a client's retry racing its first try) makes one job; both get it back.
+    ValueError (nothing inserted) when a job is empty or holds a value JSON cannot store.
+    """
+    ids, payloads, sizes, keys, owners, attempts, callbacks, ttls = [], [], [], [], [], [], [], []
+    for index, job in enumerate(jobs):
+        if not job.records:
+            raise ValueError(f"job {index}: a job needs at least one record")
+        if job.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        try:
+            text = json.dumps(_json_safe(job.records), allow_nan=False)
+        except ValueError as exc:
+            raise ValueError(f"job {index}, {exc}" if len(jobs) > 1 else str(exc)) from exc
+        ids.append(uuid.uuid4())
+        payloads.append(text)
+        sizes.append(len(text.encode()))
+        keys.append(job.idempotency_key)
+        owners.append(job.owner)
+        attempts.append(job.max_attempts)
+        callbacks.append(job.callback_url)
+        ttls.append(job.ttl_s)
+    out: list[Submitted | IdempotencyConflict | None] = [None] * len(jobs)
+    todo = list(range(len(jobs)))
+    for _round in range(3):  # a key's row deleted by retention between the two statements: insert it again
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                f"""INSERT INTO {TABLE} (id, model_name, payload, n_records, max_attempts, idempotency_key,
+                                         callback_url, owner, expires_at, payload_bytes)
+                    SELECT v.id, %s, v.payload::jsonb, jsonb_array_length(v.payload::jsonb), v.attempts, v.key,
+                           v.callback, v.owner, now() + make_interval(secs => v.ttl), v.bytes
+                    FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[],
+                                %s::float8[], %s::int[]) WITH ORDINALITY
+                         AS v(id, payload, attempts, key, callback, owner, ttl, bytes, ord)
+                    ORDER BY v.ord
+                    ON CONFLICT (model_name, owner, idempotency_key) DO NOTHING RETURNING {_JOB_COLUMNS}""",
+                (model, [ids[i] for i in todo], [payloads[i] for i in todo], [attempts[i] for i in todo],
+                 [keys[i] for i in todo], [callbacks[i] for i in todo], [owners[i] for i in todo],
+                 [ttls[i] for i in todo], [sizes[i] for i in todo]))
+            created = {row["id"]: row for row in cur.fetchall()}
+            for i in todo:
+                if ids[i] in created:
+                    out[i] = (_job(created[ids[i]]), True)
+            if created:
+                cur.execute("SELECT pg_notify(%s, '')", (channel(model),))
+            todo = rest = [i for i in todo if out[i] is None]  # keys that existed (or came earlier in this insert)
+            if not rest:
+                break
+            # One lookup for every key that existed; payload equality decides replay vs conflict.
+            cur.execute(
+                f"""SELECT {_JOB_COLUMNS}, j.payload = v.k_payload::jsonb AS same, v.ord
+                    FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY
+                         AS v(k_owner, k_key, k_payload, ord)
+                    JOIN {TABLE} j ON j.model_name = %s AND j.owner = v.k_owner AND j.idempotency_key = v.k_key""",
+                ([owners[i] for i in rest], [keys[i] for i in rest], [payloads[i] for i in rest], model))
+            found = {row.pop("ord"): row for row in cur.fetchall()}
+        for n, i in enumerate(rest, start=1):
+            row = found.get(n)
+            if row is None:
+                continue
+            if not row.pop("same"):
+                out[i] = IdempotencyConflict(model, keys[i] or "", row["id"], index=i if len(jobs) > 1 else None)
+            else:
+                out[i] = (_job(row), False)
+        todo = [i for i in rest if out[i] is None]
+        if not todo:
+            break
+    if todo:
+        raise QueueError(f"could not queue {len(todo)} job(s): their idempotency keys kept vanishing")
+    return out  # type: ignore[return-value]  # every slot is filled
+
+
+def submit_many(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob], *, atomic: bool = False
+                ) -> list[Submitted | IdempotencyConflict]:
+    """`insert_jobs` in a transaction of its own. Commits. With atomic=True a conflicting key refuses the whole
+    request (IdempotencyConflict raised, nothing queued): a bulk submit is accepted whole or not at all."""
+    with conn.transaction():
+        results = insert_jobs(conn, model, jobs)
+        conflict = next((r for r in results if isinstance(r, IdempotencyConflict)), None)
+        if atomic and conflict is not None:
+            raise conflict  # rolls the transaction back
+    return results
+
+
 def submit(conn: psycopg.Connection, model: str, records: Sequence[Mapping[str, Any]], *,
            idempotency_key: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-           callback_url: str | None = None) -> tuple[Job, bool]:
+           callback_url: str | None = None, owner: str = ANONYMOUS, ttl_s: float | None = None) -> Submitted:
     """Queue a job of already-validated records; returns (job, created).
 
-    With an idempotency key already used for this model, the existing job is returned (created=False) and no
-    second job is made; reusing the key with different records raises IdempotencyConflict. Commits.
+    With an idempotency key this owner already used for this model, the existing job is returned (created=False)
+    and no second job is made; reusing the key with different records raises IdempotencyConflict. Commits.
     """
     if not records:
         raise ValueError("a job needs at least one record")
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be at least 1")
-    payload = _json_safe(records)
-    job_id = uuid.uuid4()
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            f"INSERT INTO {TABLE} (id, model_name, payload, n_records, max_attempts, idempotency_key, callback_url) "
-            f"VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            f"ON CONFLICT (model_name, idempotency_key) DO NOTHING RETURNING {_JOB_COLUMNS}",
-            (job_id, model, Jsonb(payload), len(payload), max_attempts, idempotency_key, callback_url))
-        row = cur.fetchone()
-        if row is not None:
-            cur.execute("SELECT pg_notify(%s, '')", (channel(model),))
-            return _job(row), True
-        # The key exists (possibly committed by a concurrent submit a moment ago): return that job.
-        cur.execute(f"SELECT {_JOB_COLUMNS}, payload = %s AS same FROM {TABLE} "
-                    f"WHERE model_name = %s AND idempotency_key = %s",
-                    (Jsonb(payload), model, idempotency_key))
-        existing = cur.fetchone()
-    if existing is None:  # deleted by retention between the two statements: treat as new
-        return submit(conn, model, records, idempotency_key=idempotency_key, max_attempts=max_attempts,
-                      callback_url=callback_url)
-    same = existing.pop("same")
-    if not same:
-        raise IdempotencyConflict(model, idempotency_key or "", existing["id"])
-    return _job(existing), False
+    result = submit_many(conn, model, [NewJob(records, idempotency_key, owner, max_attempts, callback_url,
+                                              ttl_s)])[0]
+    if isinstance(result, IdempotencyConflict):
+        raise result
+    return result
 
 
-def get(conn: psycopg.Connection, job_id: uuid.UUID | str) -> Job:
+_EXPIRE_SET = ("status = 'expired', finished_at = now(), "
+               "error = format('expired: queued since %%s and not claimed before its deadline %%s (TTL)', "
+               "created_at, expires_at)")
+
+
+def _owned(owner: str | None) -> tuple[str, tuple]:
+    """The owner filter: None = any owner (operators, the worker), else that client only."""
+    return ("", ()) if owner is None else (" AND owner = %s", (owner,))
+
+
+def get(conn: psycopg.Connection, job_id: uuid.UUID | str, owner: str | None = None) -> Job:
+    """The job; JobNotFound when there is none or it belongs to another owner (no hint that it exists).
+    A queued job past its deadline is expired here, so its status is right even when no worker runs."""
+    where, params = _owned(owner)
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(f"SELECT {_JOB_COLUMNS} FROM {TABLE} WHERE id = %s", (job_id,)).fetchone()
+        row = cur.execute(f"SELECT {_JOB_COLUMNS} FROM {TABLE} WHERE id = %s{where}", (job_id, *params)).fetchone()
+        if row is not None and row["status"] == "queued" and row["expires_at"] is not None \
+                and row["expires_at"] <= dt.datetime.now(dt.UTC):
+            row = cur.execute(f"UPDATE {TABLE} SET {_EXPIRE_SET} WHERE id = %s AND status = 'queued' "
+                              f"AND expires_at <= now() RETURNING {_JOB_COLUMNS}", (job_id,)).fetchone() or \
+                cur.execute(f"SELECT {_JOB_COLUMNS} FROM {TABLE} WHERE id = %s", (job_id,)).fetchone()
     conn.commit()
     if row is None:
         raise JobNotFound(job_id)
     return _job(row)
 
 
-def cancel(conn: psycopg.Connection, job_id: uuid.UUID | str) -> Job:
+def cancel(conn: psycopg.Connection, job_id: uuid.UUID | str, owner: str | None = None) -> Job:
     """Cancel a queued job (kept as `cancelled`); cancelling a cancelled job is a no-op. JobStateError when the
-    job is running or finished, JobNotFound when there is no such job. Commits."""
+    job is running, finished or expired, JobNotFound when there is no such job (of this owner). Commits."""
+    where, params = _owned(owner)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             f"UPDATE {TABLE} SET status = 'cancelled', finished_at = now() "
-            f"WHERE id = %s AND status = 'queued' RETURNING {_JOB_COLUMNS}", (job_id,)).fetchone()
-        if row is None:
-            row = cur.execute(f"SELECT {_JOB_COLUMNS} FROM {TABLE} WHERE id = %s", (job_id,)).fetchone()
-    if row is None:
-        raise JobNotFound(job_id)
-    job = _job(row)
+            f"WHERE id = %s AND status = 'queued' AND (expires_at IS NULL OR expires_at > now()){where} "
+            f"RETURNING {_JOB_COLUMNS}", (job_id, *params)).fetchone()
+    job = _job(row) if row is not None else get(conn, job_id, owner)  # get expires it when due: a right 409
     if job.status != "cancelled":
         raise JobStateError(job_id, job.status, "cancelled")
     return job
+
+
+def expire_queued(conn: psycopg.Connection, model: str | None = None) -> int:
+    """Queued jobs past their deadline end `expired` with the reason. Returns how many. Commits."""
+    with conn.transaction():
+        cur = conn.execute(
+            f"UPDATE {TABLE} SET {_EXPIRE_SET} WHERE status = 'queued' AND expires_at <= now() "
+            f"AND (%s::text IS NULL OR model_name = %s)", (model, model))
+        return cur.rowcount
 
 
 # ----------------------------------------------------------------------------------------------- worker side
@@ -210,25 +332,52 @@ class ClaimedJob:
     max_attempts: int
 
 
-def claim(conn: psycopg.Connection, model: str, worker_id: str, limit: int, lease_s: float) -> list[ClaimedJob]:
-    """Lease up to `limit` of the model's oldest claimable queued jobs to this worker. Commits."""
+def claim(conn: psycopg.Connection, model: str, worker_id: str, limit: int, lease_s: float,
+          max_bytes: int | None = None) -> list[ClaimedJob]:
+    """Lease up to `limit` of the model's oldest claimable queued jobs to this worker. Commits.
+
+    With `max_bytes`, jobs are added (oldest first) only while the payloads taken so far stay under it: a claim
+    holds at most about that much in memory, and always at least one job. Jobs past their TTL are not taken.
+    """
     with conn.transaction():
         rows = conn.execute(
-            f"""UPDATE {TABLE} j
+            f"""WITH candidates AS (
+                    SELECT id, run_after, coalesce(payload_bytes, pg_column_size(payload)) AS bytes FROM {TABLE}
+                    WHERE model_name = %(model)s AND status = 'queued' AND run_after <= now()
+                      AND (expires_at IS NULL OR expires_at > now())
+                    ORDER BY run_after
+                    LIMIT %(limit)s
+                    FOR UPDATE SKIP LOCKED),
+                picked AS (  -- window functions cannot share a SELECT with FOR UPDATE: a second step
+                    SELECT id FROM (SELECT id, sum(bytes) OVER (ORDER BY run_after, id) - bytes AS before
+                                    FROM candidates) c
+                    WHERE %(max_bytes)s::bigint IS NULL OR before < %(max_bytes)s::bigint)
+                UPDATE {TABLE} j
                 SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker)s,
                     lease_expires_at = now() + make_interval(secs => %(lease)s),
                     started_at = coalesce(j.started_at, now())
-                FROM (SELECT id FROM {TABLE}
-                      WHERE model_name = %(model)s AND status = 'queued' AND run_after <= now()
-                      ORDER BY run_after
-                      LIMIT %(limit)s
-                      FOR UPDATE SKIP LOCKED) picked
+                FROM picked
                 WHERE j.id = picked.id
                 RETURNING j.id, j.payload, j.attempts, j.max_attempts""",
-            {"worker": worker_id, "lease": float(lease_s), "model": model, "limit": int(limit)}).fetchall()
+            {"worker": worker_id, "lease": float(lease_s), "model": model, "limit": int(limit),
+             "max_bytes": max_bytes}).fetchall()
     jobs = [ClaimedJob(id=r[0], records=r[1], attempts=r[2], max_attempts=r[3]) for r in rows]
     jobs.sort(key=lambda j: j.id.int)  # stable order for the later writes (fewer lock-order surprises)
     return jobs
+
+
+def renew_leases(conn: psycopg.Connection, worker_id: str, jobs: Sequence[ClaimedJob], lease_s: float) -> int:
+    """Extend the leases of this worker's claim while it is still being scored. Fenced like the result write:
+    a job that was reclaimed meanwhile (other worker id or attempts) is left alone. Returns how many. Commits."""
+    if not jobs:
+        return 0
+    with conn.transaction():
+        cur = conn.execute(
+            f"""UPDATE {TABLE} j SET lease_expires_at = now() + make_interval(secs => %s)
+                FROM unnest(%s::uuid[], %s::int[]) AS v(id, attempts)
+                WHERE j.id = v.id AND j.status = 'running' AND j.worker_id = %s AND j.attempts = v.attempts""",
+            (float(lease_s), [j.id for j in jobs], [j.attempts for j in jobs], worker_id))
+        return cur.rowcount
 
 
 def plan_batches(jobs: Sequence[ClaimedJob], max_records: int) -> list[list[ClaimedJob]]:
@@ -396,7 +545,7 @@ def reclaim_expired(conn: psycopg.Connection, model: str | None = None) -> tuple
 
 
 def purge_finished(conn: psycopg.Connection, older_than: dt.timedelta, *, batch_size: int = 10_000) -> int:
-    """Delete done/failed/cancelled jobs that finished more than `older_than` ago, in batches (short locks).
+    """Delete done/failed/cancelled/expired jobs that finished more than `older_than` ago, in batches (short locks).
     Returns how many were deleted. Commits after each batch."""
     if older_than.total_seconds() < 0:
         raise ValueError("older_than must not be negative")
@@ -406,7 +555,7 @@ def purge_finished(conn: psycopg.Connection, older_than: dt.timedelta, *, batch_
             cur = conn.execute(
                 f"""DELETE FROM {TABLE} WHERE id IN (
                         SELECT id FROM {TABLE}
-                        WHERE status IN ('done', 'failed', 'cancelled') AND finished_at < now() - %s
+                        WHERE status IN ('done', 'failed', 'cancelled', 'expired') AND finished_at < now() - %s
                         LIMIT %s FOR UPDATE SKIP LOCKED)""", (older_than, batch_size))
             deleted = cur.rowcount
         total += deleted

@@ -42,3 +42,9 @@ class Authorizer:
                                "missing or wrong bearer token: send 'Authorization: Bearer <SERVING_API_TOKEN>'",
                                headers={"WWW-Authenticate": 'Bearer realm="serving"'})
         return check
+
+
+def current_client() -> str:
+    """The caller's identity (the name of its token), which owns its async jobs. Until named tokens land, one
+    shared token means one client: every caller is "anonymous"."""
+    return "anonymous"

@@ -28,6 +28,8 @@ class Settings:
     max_body_bytes: int = setting("SERVING_MAX_BODY_BYTES")
     max_rows: int = setting("SERVING_MAX_ROWS")
     job_max_records: int = setting("SERVING_JOB_MAX_RECORDS")
+    job_bulk_max_jobs: int = setting("SERVING_JOB_BULK_MAX_JOBS")
+    job_ttl_s: float = setting("SERVING_JOB_TTL_S")  # 0 = queued jobs never expire
     booster_threads: int = setting("SERVING_BOOSTER_THREADS")  # gunicorn workers already use the cores
     db_pool_min: int = setting("SERVING_DB_POOL_MIN")
     db_pool_max: int = setting("SERVING_DB_POOL_MAX")

@@ -10,6 +10,7 @@ MAX_CONTENT_LENGTH, set from the same settings.)
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,11 +18,12 @@ import numpy as np
 from flask import current_app
 
 from scoring import job_queue
-from scoring.encoding import encode
+from scoring.encoding import InputError, encode
 from scoring.scorer import Predictions, Scorer
 from scoring.spec import ModelSpec
+from serving.auth import current_client
 from serving.config import Settings
-from serving.errors import ApiError
+from serving.errors import ApiError, input_error_status
 from serving.metrics import ROWS
 from serving.model_holder import ModelHolder
 from serving.store import Precomputed, Store, StoreUnavailable
@@ -168,22 +170,66 @@ class DataPlane:
 
     # ------------------------------------------------------------ the job queue
 
+    def _new_job(self, records: list[dict[str, Any]], idempotency_key: str | None) -> job_queue.NewJob:
+        ttl = self.settings.job_ttl_s
+        return job_queue.NewJob(records, idempotency_key, owner=current_client(), ttl_s=ttl if ttl > 0 else None)
+
     def submit_job(self, records: list[dict[str, Any]], idempotency_key: str | None) -> tuple[job_queue.Job, bool]:
         """Validate with live predict's encoder (the same 4xx; nothing is queued), then queue: (job, created).
-        Validation needs only the spec, so submits are accepted even while no model version is loaded."""
+        Validation needs only the spec, so submits are accepted even while no model version is loaded. The job
+        is the caller's (current_client): its idempotency keys are its own."""
         if len(records) > self.job_max_records:
             raise ApiError(413, "too_many_records", f"{len(records)} records in one job; the limit is "
                                                     f"{self.job_max_records} (SERVING_JOB_MAX_RECORDS)")
         features, _ = job_queue.split_entity_key(records, self.entity_key)
         encode(self.spec, features)
         try:
-            return self.store.submit_job(self.spec.name, records, idempotency_key)
+            return self.store.submit_job(self.spec.name, self._new_job(records, idempotency_key))
         except job_queue.IdempotencyConflict as exc:
             raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
         except ValueError as exc:  # a value the encoder accepts but JSON storage cannot hold (e.g. Infinity)
             raise ApiError(422, "invalid_input", str(exc)) from exc
         except StoreUnavailable as exc:
             raise _queue_unavailable(exc) from exc
+
+    def submit_bulk(self, jobs: list[tuple[list[dict[str, Any]], str | None]]) -> list[tuple[job_queue.Job, bool]]:
+        """Many jobs in one request and one transaction, each with its own id and idempotency key: accepted
+        whole or refused whole, the error naming the job and row (`job 3, row 0: ...`)."""
+        if len(jobs) > self.settings.job_bulk_max_jobs:
+            raise ApiError(413, "too_many_jobs", f"{len(jobs)} jobs in one bulk submit; the limit is "
+                                                 f"{self.settings.job_bulk_max_jobs} (SERVING_JOB_BULK_MAX_JOBS)")
+        total = sum(len(records) for records, _ in jobs)
+        if total > self.job_max_records:
+            raise ApiError(413, "too_many_records", f"{total} records in one bulk submit; the limit is "
+                                                    f"{self.job_max_records} (SERVING_JOB_MAX_RECORDS)")
+        self._validate_bulk([records for records, _ in jobs])
+        try:
+            return self.store.submit_bulk(self.spec.name, [self._new_job(r, k) for r, k in jobs])
+        except job_queue.IdempotencyConflict as exc:
+            raise ApiError(422, "idempotency_key_reused", str(exc), row=exc.index) from exc
+        except ValueError as exc:
+            raise ApiError(422, "invalid_input", str(exc)) from exc
+        except StoreUnavailable as exc:
+            raise _queue_unavailable(exc) from exc
+
+    def _validate_bulk(self, jobs: list[list[dict[str, Any]]]) -> None:
+        """All records in one encoder call (the cheap path); a failure is located and named per job."""
+        flat = [job_queue.split_entity_key(records, self.entity_key)[0] for records in jobs]
+        try:
+            encode(self.spec, [rec for features in flat for rec in features])
+            return
+        except InputError as exc:
+            if exc.row is not None:  # the flat row -> (job, row within the job)
+                start = 0
+                for index, features in enumerate(flat):
+                    if exc.row < start + len(features):
+                        raise _in_job(exc, index, exc.row - start) from exc
+                    start += len(features)
+        for index, features in enumerate(flat):  # no row named (e.g. a missing column): find the job
+            try:
+                encode(self.spec, features)
+            except InputError as exc:
+                raise _in_job(exc, index, exc.row) from exc
 
     def get_job(self, raw_id: str) -> job_queue.Job:
         return self._job_op(self.store.get_job, raw_id)
@@ -192,19 +238,26 @@ class DataPlane:
         return self._job_op(self.store.cancel_job, raw_id)
 
     @staticmethod
-    def _job_op(op: Callable[[Any], job_queue.Job], raw_id: str) -> job_queue.Job:
+    def _job_op(op: Callable[[Any, str], job_queue.Job], raw_id: str) -> job_queue.Job:
+        """A job operation for the caller: another client's job is 404, exactly like a job that does not exist."""
         try:
             job_id = job_queue.parse_job_id(raw_id)
         except ValueError as exc:
             raise ApiError(400, "malformed_job_id", str(exc)) from exc
         try:
-            return op(job_id)
+            return op(job_id, current_client())
         except job_queue.JobNotFound as exc:
             raise ApiError(404, "job_not_found", str(exc)) from exc
         except job_queue.JobStateError as exc:
             raise ApiError(409, "job_not_cancellable", str(exc)) from exc
         except StoreUnavailable as exc:
             raise _queue_unavailable(exc) from exc
+
+
+def _in_job(exc: InputError, index: int, row: int | None) -> ApiError:
+    message = re.sub(r"^row \d+: ", "", str(exc))
+    where = f"job {index}, row {row}" if row is not None else f"job {index}"
+    return ApiError(input_error_status(exc), exc.kind, f"{where}: {message}", column=exc.column, row=row)
 
 
 def _db_unavailable(exc: StoreUnavailable) -> ApiError:

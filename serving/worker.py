@@ -8,13 +8,17 @@ empty, sleep on LISTEN/NOTIFY (woken by submits) with a polling fallback. Run as
 - Failure: a job whose scoring fails is retried (with backoff) up to its max attempts, then `failed` with the
   reason; a poison job fails alone (scoring falls back to one job at a time when the batch call fails).
 - Crash: a SIGKILLed worker's jobs are reclaimed by any worker once their lease expires.
+- Slow batches: while a claim is being scored, a background thread renews its leases every lease/3 (fenced on
+  the claim), so a batch slower than the lease is not reclaimed by another worker; a dead worker stops renewing.
+- Memory: a claim stops adding jobs once their payloads reach WORKER_MAX_CLAIM_BYTES (always at least one job).
+- Expiry: queued jobs past their TTL (set at submit) end `expired` with the reason, swept with the reclaims.
 - SIGTERM/SIGINT: the batch in hand is finished and written, anything still held is released, exit 0.
 - PostgreSQL restart: reconnect with backoff; results scored before the outage are written after it (fenced, so
   a job reclaimed by another worker meanwhile is not written twice).
 
 Settings (env): SERVING_MODEL, SERVING_MODEL_REF, SERVING_POLL_INTERVAL_S, SERVING_BOOSTER_THREADS, DATABASE_URL
 (shared with the online app), WORKER_BATCH_SIZE (256 jobs), WORKER_MAX_BATCH_RECORDS (50000),
-WORKER_LEASE_S (30), WORKER_IDLE_POLL_S (2), WORKER_RETRY_BACKOFF_S (1).
+WORKER_LEASE_S (30), WORKER_MAX_CLAIM_BYTES (32 MiB), WORKER_IDLE_POLL_S (2), WORKER_RETRY_BACKOFF_S (1).
 
 Tests inject faults by handing in `wrap_scorer` (see testing/faulty_worker.py); nothing here reads a fault switch.
 """
@@ -55,6 +59,7 @@ class WorkerSettings:
     batch_size: int = setting("WORKER_BATCH_SIZE")
     max_batch_records: int = setting("WORKER_MAX_BATCH_RECORDS")  # records per scorer call (jobs carry many)
     lease_s: float = setting("WORKER_LEASE_S")
+    max_claim_bytes: int = setting("WORKER_MAX_CLAIM_BYTES")
     idle_poll_s: float = setting("WORKER_IDLE_POLL_S")  # polling fallback when no NOTIFY arrives
     retry_backoff_s: float = setting("WORKER_RETRY_BACKOFF_S")
     log_level: str = setting("WORKER_LOG_LEVEL")
@@ -66,6 +71,68 @@ class WorkerSettings:
 
 
 ScorerWrapper = Callable[[Scorer], job_queue.JobScorer]
+
+
+class LeaseKeeper:
+    """Renews a claim's leases from a thread of its own while the claim is being scored (every lease/3), so a
+    batch slower than the lease keeps its jobs; jobs already written are dropped from the renewal. Its own
+    connection, opened only when a claim outlives the first renewal interval (fast claims cost nothing).
+    A renewal that fails (database down) is retried at the next tick; if the lease lapses meanwhile the result
+    write is fenced, as before. Renewal stops after MAX_HOLD_LEASES leases: a worker hung inside the scorer
+    (alive, never finishing) must not hold its jobs forever; they are then reclaimed like a dead worker's."""
+
+    MAX_HOLD_LEASES = 20
+
+    def __init__(self, url: str, worker_id: str, jobs: list[job_queue.ClaimedJob], lease_s: float) -> None:
+        self.url = url
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self._held = {j.id: j for j in jobs}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self.renewals = 0
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def written(self, jobs: list[job_queue.ClaimedJob]) -> None:
+        with self._lock:
+            for j in jobs:
+                self._held.pop(j.id, None)
+
+    def _run(self) -> None:
+        conn: psycopg.Connection | None = None
+        give_up = time.monotonic() + self.MAX_HOLD_LEASES * self.lease_s
+        try:
+            while not self._stop.wait(self.lease_s / 3):
+                if time.monotonic() > give_up:
+                    log.error("claim held for %d leases without finishing: no more renewals (the jobs will be "
+                              "reclaimed)", self.MAX_HOLD_LEASES)
+                    return
+                with self._lock:
+                    held = list(self._held.values())
+                if not held:
+                    return
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                               application_name="worker-leases")
+                    n = job_queue.renew_leases(conn, self.worker_id, held, self.lease_s)
+                    self.renewals += 1
+                    log.debug("renewed %d of %d lease(s)", n, len(held))
+                except _DB_ERRORS as exc:
+                    log.warning("lease renewal failed (%s); retrying", str(exc).strip()[:200])
+                    conn = None
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
 
 class Worker:
@@ -141,23 +208,30 @@ class Worker:
         now = time.monotonic()
         if now - self._last_reclaim >= min(self.settings.lease_s / 2, 5.0):
             requeued, failed = job_queue.reclaim_expired(self._conn, self.model)
+            expired = job_queue.expire_queued(self._conn, self.model)
             self._last_reclaim = now
             if requeued or failed:
                 log.warning("reclaimed %d job(s) with expired leases (%d out of attempts -> failed)",
                             requeued + failed, failed)
+            if expired:
+                log.warning("%d queued job(s) expired unclaimed (past their TTL)", expired)
         scorer = self.holder.current
         if scorer is None:  # no model yet: claim nothing, so jobs stay available to workers that have one
             return False
         if self._announced != scorer.version:
             log.info("worker %s ready: model %s version %s", self.worker_id, self.model, scorer.version)
             self._announced = scorer.version
-        jobs = job_queue.claim(self._conn, self.model, self.worker_id, self.settings.batch_size, self.settings.lease_s)
+        jobs = job_queue.claim(self._conn, self.model, self.worker_id, self.settings.batch_size, self.settings.lease_s,
+                               self.settings.max_claim_bytes)
         if not jobs:
             return False
-        for batch in job_queue.plan_batches(jobs, self.settings.max_batch_records):
-            outcomes = job_queue.score_jobs(self._scorer(scorer), batch, entity_key=self.holder.spec.source.entity_key)
-            self._pending = (scorer.version, outcomes)
-            self._flush()  # committed batch by batch (see plan_batches)
+        with LeaseKeeper(self.url, self.worker_id, jobs, self.settings.lease_s) as keeper:
+            for batch in job_queue.plan_batches(jobs, self.settings.max_batch_records):
+                outcomes = job_queue.score_jobs(self._scorer(scorer), batch,
+                                                entity_key=self.holder.spec.source.entity_key)
+                self._pending = (scorer.version, outcomes)
+                self._flush()  # committed batch by batch (see plan_batches)
+                keeper.written(batch)
         return True
 
     # --- the loop ---------------------------------------------------------------------------------------------

@@ -90,30 +90,35 @@ class MemoryStore:
     def ping(self) -> bool:
         return self.up
 
-    def submit_job(self, model: str, records: list[dict[str, Any]], idempotency_key: str | None
-                   ) -> tuple[job_queue.Job, bool]:
+    def submit_job(self, model: str, job: job_queue.NewJob) -> job_queue.Submitted:
         self._check()
+        records = list(job.records)
         if any(isinstance(v, float) and math.isinf(v) for rec in records for v in rec.values()):
             raise ValueError("a value cannot be stored as JSON")
-        for job in self.jobs.values():
-            if idempotency_key is not None and job.idempotency_key == idempotency_key:
-                if self._payloads[job.id] != records:
-                    raise job_queue.IdempotencyConflict(model, idempotency_key, job.id)
-                return job, False
-        job = job_queue.Job(id=uuid.uuid4(), model=model, status="queued", n_records=len(records), attempts=0,
-                            max_attempts=3, created_at=dt.datetime.now(dt.UTC), idempotency_key=idempotency_key)
-        self.jobs[job.id] = job
-        self._payloads[job.id] = records
-        return job, True
+        for known in self.jobs.values():
+            if job.idempotency_key is not None and (known.idempotency_key, known.owner) == (job.idempotency_key,
+                                                                                            job.owner):
+                if self._payloads[known.id] != records:
+                    raise job_queue.IdempotencyConflict(model, job.idempotency_key, known.id)
+                return known, False
+        new = job_queue.Job(id=uuid.uuid4(), model=model, status="queued", n_records=len(records), attempts=0,
+                            max_attempts=3, created_at=dt.datetime.now(dt.UTC), idempotency_key=job.idempotency_key,
+                            owner=job.owner)
+        self.jobs[new.id] = new
+        self._payloads[new.id] = records
+        return new, True
 
-    def get_job(self, job_id: Any) -> job_queue.Job:
+    def submit_bulk(self, model: str, jobs: list[job_queue.NewJob]) -> list[job_queue.Submitted]:
+        return [self.submit_job(model, job) for job in jobs]
+
+    def get_job(self, job_id: Any, owner: str = job_queue.ANONYMOUS) -> job_queue.Job:
         self._check()
-        if job_id not in self.jobs:
+        if job_id not in self.jobs or self.jobs[job_id].owner != owner:
             raise job_queue.JobNotFound(job_id)
         return self.jobs[job_id]
 
-    def cancel_job(self, job_id: Any) -> job_queue.Job:
-        job = self.get_job(job_id)
+    def cancel_job(self, job_id: Any, owner: str = job_queue.ANONYMOUS) -> job_queue.Job:
+        job = self.get_job(job_id, owner)
         if job.status == "queued":
             job = self.jobs[job_id] = dataclasses.replace(job, status="cancelled",
                                                           finished_at=dt.datetime.now(dt.UTC))

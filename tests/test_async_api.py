@@ -198,3 +198,88 @@ def test_queue_database_down_is_503_not_500():
     # bad input is still refused first, without touching the database
     assert client.post("/v1/models/churn/jobs", json={"records": [{**GOOD, "plan": "gold"}]}).status_code == 422
     store.close()  # stop its reconnect attempts
+
+
+# ------------------------------------------------------------------ bulk submits, owners, expiry
+
+
+def test_bulk_submit_queues_each_job_with_its_own_id_in_one_commit(client, conn):
+    jobs = [{"records": [{**GOOD, "tenure_months": i}], "idempotency_key": f"bulk-{uuid.uuid4()}"} for i in range(5)]
+    jobs.append({"records": [GOOD, {**GOOD, "plan": "premium"}]})  # a key is optional
+    resp = client.post("/v1/models/churn/jobs/bulk", json={"jobs": jobs})
+    assert resp.status_code == 202, resp.json
+    answered = resp.json["jobs"]
+    assert len(answered) == 6 and len({j["id"] for j in answered}) == 6
+    assert [j["records"] for j in answered] == [1] * 5 + [2] and not any(j["replayed"] for j in answered)
+    assert all(j["status"] == "queued" and j["status_url"] == f"/v1/jobs/{j['id']}" for j in answered)
+    ids = [j["id"] for j in answered]
+    assert conn.execute("SELECT count(DISTINCT xmin::text) FROM ops.prediction_jobs WHERE id = ANY(%s::uuid[])",
+                        (ids,)).fetchone()[0] == 1  # one transaction
+    again = client.post("/v1/models/churn/jobs/bulk", json={"jobs": jobs[:5]})  # the client's retry
+    assert again.status_code == 200 and [j["id"] for j in again.json["jobs"]] == ids[:5]
+    assert all(j["replayed"] for j in again.json["jobs"])
+
+
+def test_bulk_submit_with_one_invalid_record_is_refused_whole_naming_job_and_row(client, conn):
+    before = n_jobs(conn)
+    jobs = [{"records": [GOOD], "idempotency_key": f"whole-{uuid.uuid4()}"},
+            {"records": [GOOD, GOOD, {**GOOD, "plan": "gold"}]},
+            {"records": [GOOD]}]
+    resp = client.post("/v1/models/churn/jobs/bulk", json={"jobs": jobs})
+    assert resp.status_code == 422, resp.json
+    err = resp.json["error"]
+    assert err["code"] == "unknown_category" and err["column"] == "plan" and err["row"] == 2
+    assert err["message"].startswith("job 1, row 2: unknown category 'gold'"), err
+    no_plan = {k: v for k, v in GOOD.items() if k != "plan"}
+    missing = client.post("/v1/models/churn/jobs/bulk", json={"jobs": [
+        {"records": [GOOD]}, {"records": [GOOD]}, {"records": [no_plan]}]})
+    assert missing.status_code == 422 and missing.json["error"]["message"].startswith("job 2, row 0: feature 'plan'")
+    nowhere = client.post("/v1/models/churn/jobs/bulk", json={"jobs": [{"records": [no_plan]}] * 2})
+    assert nowhere.status_code == 400 and nowhere.json["error"]["message"].startswith("job 0: missing feature")
+    shape = client.post("/v1/models/churn/jobs/bulk", json={"jobs": [{"records": [GOOD]}, {"records": []}]})
+    assert shape.status_code == 400 and "job 1" in shape.json["error"]["message"]
+    key = f"taken-{uuid.uuid4()}"
+    assert client.post("/v1/models/churn/jobs", json={"records": [GOOD]},
+                       headers={"Idempotency-Key": key}).status_code == 202
+    reused = client.post("/v1/models/churn/jobs/bulk", json={"jobs": [
+        {"records": [GOOD]}, {"records": [{**GOOD, "plan": "premium"}], "idempotency_key": key}]})
+    assert reused.status_code == 422 and reused.json["error"]["message"].startswith("job 1: idempotency key")
+    assert n_jobs(conn) == before + 1  # nothing of the refused requests was queued
+
+
+def test_a_job_belongs_to_its_client_and_keys_are_per_client(client, conn, monkeypatch):
+    import serving.dataplane as dataplane
+
+    monkeypatch.setattr(dataplane, "current_client", lambda: "alice")
+    key = f"shared-{uuid.uuid4()}"
+    alice = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Idempotency-Key": key})
+    assert alice.status_code == 202
+    monkeypatch.setattr(dataplane, "current_client", lambda: "bob")
+    bob = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Idempotency-Key": key})
+    assert bob.status_code == 202 and bob.json["id"] != alice.json["id"]  # same key, another client: a new job
+    alice_url = alice.json["status_url"]
+    for method in ("get", "delete"):
+        resp = getattr(client, method)(alice_url)
+        assert resp.status_code == 404 and resp.json["error"]["code"] == "job_not_found", resp.json
+    assert client.get(bob.json["status_url"]).status_code == 200
+    monkeypatch.setattr(dataplane, "current_client", lambda: "alice")
+    assert client.get(alice_url).json["status"] == "queued"  # bob's DELETE did nothing
+    assert conn.execute("SELECT owner FROM ops.prediction_jobs WHERE id = %s",
+                        (alice.json["id"],)).fetchone()[0] == "alice"
+
+
+def test_a_queued_job_expires_after_its_ttl_and_the_status_says_why(db_url):
+    app, store = jobs_app(db_url, job_ttl_s=0.3)
+    try:
+        client = app.test_client()
+        resp = client.post("/v1/models/churn/jobs", json={"records": [GOOD]})
+        assert resp.status_code == 202 and resp.json["expires_at"]
+        import time
+
+        time.sleep(0.5)
+        body = client.get(resp.json["status_url"]).json
+        assert body["status"] == "expired" and body["finished_at"] and "not claimed" in body["error"], body
+        gone = client.delete(resp.json["status_url"])
+        assert gone.status_code == 409 and "expired" in gone.json["error"]["message"]
+    finally:
+        store.close()

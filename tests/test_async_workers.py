@@ -227,3 +227,39 @@ def test_worker_hot_reloads_a_new_champion_between_batches(db_url, conn, specs, 
     assert {job_queue.get(conn, i).model_version for i in first} == {int(before)}
     assert {job_queue.get(conn, i).model_version for i in second} == {int(new)}
     assert [job_queue.get(conn, i).result[0] for i in first + second] == expected(spec, rows)  # same booster bytes
+
+
+def test_a_batch_slower_than_its_lease_keeps_its_jobs_and_is_written_once(workers, conn, specs):
+    """Leases are renewed while a claim is being scored: a 4 s batch under a 1.2 s lease is not reclaimed by
+    the other worker (which sweeps expired leases every 0.6 s), and each result is written once."""
+    spec = specs["churn"]
+    slow = workers(fault=["--stall", "4"], worker_lease_s=1.2)
+    slow_id = slow.wait_ready()
+    jobs = [[r] for r in features(spec, records(6, seed=21))]
+    ids = submit_all(conn, "churn", jobs)
+    deadline = time.time() + 30
+    while conn.execute("SELECT count(*) FROM ops.prediction_jobs WHERE id = ANY(%s) AND worker_id = %s",
+                       (ids, slow_id)).fetchone()[0] < len(ids):
+        assert time.time() < deadline, slow.text()[-2000:]
+        time.sleep(0.02)
+    other = workers(worker_lease_s=1.2)  # would reclaim the slow worker's jobs if their leases lapsed
+    other.wait_ready()
+    done = wait_finished(conn, ids)
+    scored = expected(spec, [r for recs in jobs for r in recs])
+    for i, job_id in enumerate(ids):
+        job = done[job_id]
+        assert job.status == "done" and job.worker_id == slow_id, (job, other.text()[-1500:])
+        assert job.attempts == 1 and job.result_writes == 1 and job.error is None
+        assert job.result == [scored[i]]
+    assert "reclaimed" not in other.text()
+
+
+def test_a_claim_stops_at_the_byte_cap(workers, conn, specs):
+    spec = specs["churn"]
+    w = workers(worker_max_claim_bytes=1, worker_batch_size=50)  # every claim: exactly one job
+    wid = w.wait_ready()
+    ids = submit_all(conn, "churn", [[r] for r in features(spec, records(5, seed=22))])
+    done = wait_finished(conn, ids)
+    assert all(done[i].status == "done" and done[i].worker_id == wid for i in ids)
+    started = {done[i].started_at for i in ids}
+    assert len(started) == 5  # five claims of one job each (the cap), not one claim of five

@@ -13,6 +13,7 @@ from inprocess import RECORD, churn_spec, make_app, train_scorer
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
+from scoring import job_queue
 from scoring.encoding import encode
 
 TOKEN = "t0ken"
@@ -71,7 +72,7 @@ def test_each_protocol_documents_the_error_body_it_answers(doc):
 
 
 def _job(store) -> str:
-    job, _ = store.submit_job("churn", [RECORD], None)
+    job, _ = store.submit_job("churn", job_queue.NewJob([RECORD]))
     return str(job.id)
 
 
@@ -94,6 +95,11 @@ def cases(store) -> dict[tuple[str, str], tuple[dict, dict | None]]:
         ("/v1/models/{model}/jobs", "post"): (
             {"path": f"{v}/jobs", "json": {"records": [RECORD]}, "headers": {"Idempotency-Key": "k1"}},
             {"path": f"{v}/jobs", "json": {"rows": [RECORD]}}),
+        ("/v1/models/{model}/jobs/bulk", "post"): (
+            {"path": f"{v}/jobs/bulk", "json": {"jobs": [{"records": [RECORD], "idempotency_key": "b1"},
+                                                          {"records": [RECORD, RECORD]}]}},
+            {"path": f"{v}/jobs/bulk", "json": {"jobs": [{"records": [RECORD]},
+                                                          {"records": [{**RECORD, "plan": "gold"}]}]}}),
         ("/v1/jobs/{job_id}", "get"): ({"path": f"/v1/jobs/{_job(store)}"}, {"path": "/v1/jobs/nope"}),
         ("/v1/jobs/{job_id}", "delete"): ({"path": f"/v1/jobs/{_job(store)}"}, {"path": f"/v1/jobs/{uuid.uuid4()}"}),
         ("/ping", "get"): ({"path": "/ping"}, None),
@@ -188,4 +194,4 @@ def test_protected_operations_answer_401_as_documented(scorer, doc):
             assert send(client, method, valid, Authorization=f"Bearer {TOKEN}").status_code < 300, (path, method)
         else:
             assert send(client, method, valid).status_code < 300, (path, method)  # public: no token needed
-    assert protected == 8  # lookup, predict, 3 job routes, /invocations, 2 OIP infer routes
+    assert protected == 9  # lookup, predict, 4 job routes (submit, bulk, get, cancel), /invocations, 2 OIP infer

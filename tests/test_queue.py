@@ -199,3 +199,120 @@ def test_plan_batches_caps_records_and_isolates_retried_jobs():
     big = _claimed(50)
     assert job_queue.plan_batches([big, fresh[0]], max_records=6) == [[big], [fresh[0]]]  # an oversize job still runs
     assert job_queue.plan_batches([], 10) == []
+
+
+# ------------------------------------------------------------------ grouped submits, owners, caps, renewal, TTL
+
+
+def _keyed(n: int, prefix: str = "k", **kw) -> list[job_queue.NewJob]:
+    return [job_queue.NewJob([{**ROW, "tenure_months": i}], f"{prefix}{i}", **kw) for i in range(n)]
+
+
+def _count(conn, model: str) -> int:
+    return conn.execute("SELECT count(*) FROM ops.prediction_jobs WHERE model_name = %s", (model,)).fetchone()[0]
+
+
+def test_a_group_is_one_insert_one_commit_and_a_key_twice_in_it_makes_one_job(conn, model):
+    jobs = _keyed(20)
+    jobs.append(job_queue.NewJob(jobs[3].records, "k3"))  # a retry racing its first try, in the same group
+    results = job_queue.submit_many(conn, model, jobs)
+    assert [created for _, created in results] == [True] * 20 + [False]
+    assert results[20][0].id == results[3][0].id
+    assert _count(conn, model) == 20
+    # one transaction: every row carries the same inserting transaction id
+    assert conn.execute("SELECT count(DISTINCT xmin::text) FROM ops.prediction_jobs WHERE model_name = %s",
+                        (model,)).fetchone()[0] == 1
+
+
+def test_connection_killed_between_group_insert_and_commit_leaves_nothing_and_retry_creates_once(db_url, conn,
+                                                                                                  model):
+    jobs = _keyed(8)
+    victim = psycopg.connect(db_url, autocommit=True)
+    with pytest.raises(psycopg.OperationalError), victim.transaction():
+        results = job_queue.insert_jobs(victim, model, jobs)
+        assert all(created for _, created in results)  # inserted, not yet committed
+        # the crash: the serving process (its connection) dies before COMMIT
+        conn.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
+    victim.close()
+    assert _count(conn, model) == 0  # nothing half-accepted (and no 202 was sent)
+    first = job_queue.submit_many(conn, model, jobs)  # the clients retry with the same keys
+    again = job_queue.submit_many(conn, model, jobs)
+    assert all(created for _, created in first) and not any(created for _, created in again)
+    assert [j.id for j, _ in first] == [j.id for j, _ in again]
+    assert _count(conn, model) == 8
+
+
+def test_atomic_bulk_with_a_conflicting_key_queues_nothing(conn, model):
+    job_queue.submit(conn, model, [ROW], idempotency_key="taken")
+    bulk = [*_keyed(3, "new"), job_queue.NewJob([{**ROW, "plan": "premium"}], "taken")]
+    with pytest.raises(job_queue.IdempotencyConflict, match="job 3: idempotency key 'taken'") as err:
+        job_queue.submit_many(conn, model, bulk, atomic=True)
+    assert err.value.index == 3
+    assert _count(conn, model) == 1  # the three new jobs were rolled back with it
+    with pytest.raises(ValueError, match="job 1, row 0: feature 'tenure_months'"):
+        job_queue.submit_many(conn, model, [job_queue.NewJob([ROW]),
+                                            job_queue.NewJob([{**ROW, "tenure_months": float("inf")}])])
+    assert _count(conn, model) == 1
+
+
+def test_jobs_and_idempotency_keys_belong_to_their_owner(conn, model):
+    alice, _ = job_queue.submit(conn, model, [ROW], idempotency_key="same", owner="alice")
+    bob, created = job_queue.submit(conn, model, [ROW], idempotency_key="same", owner="bob")
+    assert created and bob.id != alice.id and bob.owner == "bob"
+    assert job_queue.get(conn, alice.id, "alice").id == alice.id
+    assert job_queue.get(conn, alice.id).id == alice.id  # operators (owner None) see every job
+    with pytest.raises(job_queue.JobNotFound):
+        job_queue.get(conn, alice.id, "bob")
+    with pytest.raises(job_queue.JobNotFound):
+        job_queue.cancel(conn, alice.id, "bob")
+    assert job_queue.get(conn, alice.id).status == "queued"
+    assert job_queue.cancel(conn, alice.id, "alice").status == "cancelled"
+
+
+def test_claim_stops_adding_jobs_past_the_byte_cap_but_takes_at_least_one(conn, model):
+    big = [{**ROW, "tenure_months": i, "plan": "x" * 1000} for i in range(5)]
+    for i, rec in enumerate(big):
+        job_queue.submit(conn, model, [rec], idempotency_key=f"b{i}")
+    size = conn.execute("SELECT max(payload_bytes) FROM ops.prediction_jobs WHERE model_name = %s",
+                        (model,)).fetchone()[0]
+    assert size > 1000
+    assert len(job_queue.claim(conn, model, "w1", 10, 30, max_bytes=1)) == 1  # one job even above the cap
+    assert len(job_queue.claim(conn, model, "w2", 10, 30, max_bytes=int(2.5 * size))) == 3
+    assert len(job_queue.claim(conn, model, "w3", 10, 30, max_bytes=None)) == 1  # what is left
+
+
+def test_renewal_extends_only_this_claims_leases(conn, model):
+    _submit_many(conn, model, 2)
+    claimed = job_queue.claim(conn, model, "w1", 10, lease_s=1)
+
+    def lease_left(job_id) -> float:
+        return conn.execute("SELECT extract(epoch FROM lease_expires_at - now()) FROM ops.prediction_jobs "
+                            "WHERE id = %s", (job_id,)).fetchone()[0]
+
+    assert lease_left(claimed[0].id) <= 1
+    assert job_queue.renew_leases(conn, "w1", claimed, lease_s=60) == 2
+    assert lease_left(claimed[0].id) > 50
+    time.sleep(1.2)
+    assert job_queue.reclaim_expired(conn, model) == (0, 0)  # renewed: not reclaimed after the first lease
+    # fenced: another worker id, or the same worker on an older attempt, renews nothing
+    assert job_queue.renew_leases(conn, "w2", claimed, lease_s=60) == 0
+    stale = [job_queue.ClaimedJob(j.id, j.records, j.attempts - 1, j.max_attempts) for j in claimed]
+    assert job_queue.renew_leases(conn, "w1", stale, lease_s=60) == 0
+
+
+def test_a_queued_job_past_its_ttl_expires_with_the_reason_and_is_never_claimed(conn, model):
+    short, _ = job_queue.submit(conn, model, [ROW], ttl_s=0.3)
+    swept, _ = job_queue.submit(conn, model, [{**ROW, "tenure_months": 2}], ttl_s=0.3)
+    keeps, _ = job_queue.submit(conn, model, [{**ROW, "tenure_months": 3}])  # no TTL
+    assert short.expires_at is not None and keeps.expires_at is None
+    time.sleep(0.5)
+    claimed = job_queue.claim(conn, model, "w1", 10, 30)
+    assert [c.id for c in claimed] == [keeps.id]
+    job = job_queue.get(conn, short.id)  # expired on read, even with no worker sweeping
+    assert job.status == "expired" and job.finished_at is not None
+    assert "expired" in job.error and "TTL" in job.error
+    assert job.to_dict()["error"] == job.error and job.to_dict()["expires_at"]
+    assert job_queue.expire_queued(conn, model) == 1  # the other one, by the worker's sweep
+    assert job_queue.get(conn, swept.id).status == "expired"
+    with pytest.raises(job_queue.JobStateError, match="expired"):
+        job_queue.cancel(conn, swept.id)
