@@ -13,8 +13,11 @@ each in a fresh process (so that peak RSS is per pipeline; model loading and imp
               validation + rejects, shared Scorer, atomic partition swap, ops.batch_runs bookkeeping;
 4. sharded:   the same platform steps with 2 shards scored by 2 processes at once (as 2 Airflow workers would).
 
+Each pipeline runs --repeats times (default 3; naive --naive-repeats, default 1: it is slow and only a far
+floor), round-robin so that a change in machine load hits every pipeline alike; the table shows the median
+rows/s with the spread (min-max) and the peak RSS over all runs; ratios are of medians.
 Every pipeline's output is checked: one row per entity, and the platform's scores equal the reference's.
-Last line: `batch rows=N platform_rows_per_s=X vs_naive=Yx vs_reference=Zx peak_rss_mb=W`.
+Last line: `batch rows=N platform_rows_per_s=X vs_naive=Yx vs_reference=Zx peak_rss_mb=W` (medians; W the max).
 """
 
 from __future__ import annotations
@@ -246,6 +249,20 @@ def run_child(name: str, url: str, rows: int) -> dict[str, Any]:
     return result
 
 
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run (by rows/s) with the spread over all runs and the highest peak RSS."""
+    ordered = sorted(runs, key=lambda r: r["rows_per_s"])
+    median = dict(ordered[len(ordered) // 2])
+    if len(ordered) % 2 == 0:  # an even count: the mean of the middle two rates
+        median["rows_per_s"] = (ordered[len(ordered) // 2 - 1]["rows_per_s"] + median["rows_per_s"]) / 2
+        median["seconds"] = median["rows"] / median["rows_per_s"]
+    lo, hi = ordered[0]["rows_per_s"], ordered[-1]["rows_per_s"]
+    median.update(runs=len(runs), min_rows_per_s=lo, max_rows_per_s=hi,
+                  spread_pct=100 * (hi - lo) / 2 / median["rows_per_s"],
+                  peak_rss_mb=max(r["peak_rss_mb"] for r in runs))
+    return median
+
+
 # ---------------------------------------------------------------------------------------------------- checks
 
 def check_outputs(url: str, rows: int, naive_rows: int) -> None:
@@ -275,6 +292,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--naive-rows", type=int, default=1_000_000,
                         help="rows the naive script scores (at most --rows; 0 skips it)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline (medians reported)")
+    parser.add_argument("--naive-repeats", type=int, default=1, help="runs of the (slow) naive script")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--shard", type=int, help=argparse.SUPPRESS)
@@ -299,26 +318,31 @@ def main() -> int:
         say("training and registering the champion churn model ...")
         version = train_champion(spec, root / "artifacts")
         say(f"champion is version {version}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
-        results = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
         if naive_rows:
-            results["naive"] = run_child("naive", url, naive_rows)
-        for name in ("reference", "platform", "sharded"):
-            results[name] = run_child(name, url, args.rows)
+            for _ in range(args.naive_repeats):
+                runs.setdefault("naive", []).append(run_child("naive", url, naive_rows))
+        for _ in range(args.repeats):
+            for name in ("reference", "platform", "sharded"):
+                runs.setdefault(name, []).append(run_child(name, url, args.rows))
         check_outputs(url, args.rows, naive_rows)
+        results = {name: summarise(r) for name, r in runs.items()}
     finally:
         platform.close()
 
     plat = results["platform"]
     print()
-    print(f"{'pipeline':<12} {'rows':>10} {'seconds':>9} {'rows/s':>11} {'peak RSS MB':>12} {'platform speed-up':>18}")
+    print(f"{'pipeline':<12} {'rows':>10} {'runs':>5} {'median s':>9} {'median rows/s':>14} {'spread rows/s':>21} "
+          f"{'peak RSS MB':>12} {'platform speed-up':>18}")
     for name, r in results.items():
         ratio = plat["rows_per_s"] / r["rows_per_s"]
-        print(f"{name:<12} {r['rows']:>10,} {r['seconds']:>9.2f} {r['rows_per_s']:>11,.0f} "
-              f"{r['peak_rss_mb']:>12.0f} {ratio:>17.2f}x")
+        spread = f"{r['min_rows_per_s']:,.0f}-{r['max_rows_per_s']:,.0f} (±{r['spread_pct']:.0f}%)"
+        print(f"{name:<12} {r['rows']:>10,} {r['runs']:>5} {r['seconds']:>9.2f} {r['rows_per_s']:>14,.0f} "
+              f"{spread:>21} {r['peak_rss_mb']:>12.0f} {ratio:>17.2f}x")
     sh = results["sharded"]
     print(f"sharded (2 processes) vs reference: {sh['rows_per_s'] / results['reference']['rows_per_s']:.2f}x, "
           f"vs platform single process: {sh['rows_per_s'] / plat['rows_per_s']:.2f}x "
-          f"(shard times {sh['shard_seconds']} s)")
+          f"(shard times of the median run {sh['shard_seconds']} s)")
     vs_naive = f"{plat['rows_per_s'] / results['naive']['rows_per_s']:.1f}x" if "naive" in results else "n/a"
     print(f"batch rows={args.rows} platform_rows_per_s={plat['rows_per_s']:.0f} vs_naive={vs_naive} "
           f"vs_reference={plat['rows_per_s'] / results['reference']['rows_per_s']:.2f}x "
