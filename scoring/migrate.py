@@ -1,7 +1,8 @@
 """Apply the numbered SQL migrations in sql/ once each, in order, recording them in ops.schema_migrations.
 
 Each file runs in its own transaction: a failing migration rolls back completely and stops the run.
-An advisory lock keeps two runners (make up, the compose init job, tests) from racing.
+An advisory lock keeps two runners (make up, the compose init job, tests) from racing. The CLI then sets the
+components' role passwords from POSTGRES_<ROLE>_PASSWORD when given (scoring/roles.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import psycopg
 
 from scoring.db import connect
+from scoring.roles import grant_prediction_tables, roles_exist, set_passwords
 from scoring.spec import load_specs
 from scoring.store import ensure_prediction_table
 
@@ -72,9 +74,13 @@ def apply_migrations(url: str | None = None, sql_dir: Path = SQL_DIR) -> list[st
                     raise MigrationError(f"migration {path.name} failed and was rolled back: {exc}") from exc
                 applied.append(path.name)
             # Spec-derived tables (one prediction table per model in models.yaml), idempotent.
-            for spec in load_specs().values():
+            specs = list(load_specs().values())
+            for spec in specs:
                 with conn.transaction():
                     ensure_prediction_table(conn, spec)
+            if roles_exist(conn):  # sql/007_roles.sql: the batch role owns them, serving reads them
+                with conn.transaction():
+                    grant_prediction_tables(conn, specs)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied
@@ -90,6 +96,10 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"migrations: applied {len(applied)}" + (f" ({', '.join(applied)})" if applied else " (up to date)"))
+    with connect(args.url, autocommit=True) as conn:  # the components' passwords, from the init job's secrets
+        roles = set_passwords(conn)
+    if roles:
+        print(f"roles: password set for {', '.join(roles)}")
     return 0
 
 

@@ -117,9 +117,19 @@ _VARS: tuple[Var, ...] = (
        "Serve (and let the async worker use) registry versions the promotion gate did not promote (their "
        "`gate.decision` tag is not `promoted`), e.g. a hand-registered model. Off: such a version is refused at "
        "load like a broken one and the loaded version keeps serving.", ("serving", "worker"), group=_SERVING),
+    _v("SERVING_TOKENS", "str", None,
+       "The clients allowed in: `name:sha256-of-token:scope[,scope]` entries separated by spaces (scopes "
+       "`predict`, `jobs`, `metrics`, `*`; `python -m serving.auth new <name> <scopes>` makes one). Only hashes: "
+       "the tokens themselves are never stored. Required by docker-compose; with no token configured at all "
+       "(this, SERVING_TOKENS_FILE and SERVING_API_TOKEN unset) every route is open (the local stack).",
+       ("serving", "compose"), group=_SERVING, secret=True, dotenv=True, default_doc="unset"),
+    _v("SERVING_TOKENS_FILE", "path", None, "A file of SERVING_TOKENS entries (one or more per line, `#` "
+       "comments), e.g. a mounted secret; used together with SERVING_TOKENS.", ("serving",), group=_SERVING,
+       default_doc="unset"),
     _v("SERVING_API_TOKEN", "str", None,
-       "Bearer token required on prediction routes (unset = open; health and metrics stay open).",
-       ("serving", "compose"), group=_SERVING, secret=True, dotenv=True, default_doc="unset (open)"),
+       "A single bearer token granting every scope (one shared client, `anonymous`); kept for simple setups, prefer "
+       "SERVING_TOKENS. Health and readiness stay open; metrics need the `metrics` scope once any token is set.",
+       ("serving",), group=_SERVING, secret=True, default_doc="unset"),
     _v("SERVING_MAX_BODY_BYTES", "int", "1048576", "Largest request body (413 above).", ("serving",),
        group=_SERVING, low=1),
     _v("SERVING_MAX_ROWS", "int", "1000", "Most records in one synchronous request (413 above).", ("serving",),
@@ -296,6 +306,21 @@ _VARS: tuple[Var, ...] = (
             example="platform", default_doc="required"),
     _dotenv("POSTGRES_PASSWORD", "str", None, "Its password (URL-safe characters).", secret=True,
             default_doc="required"),
+    *(_dotenv(f"POSTGRES_{who.upper()}_PASSWORD", "str", None,
+              f"Password of the PostgreSQL role `platform_{who}` ({what}); set by the init job (db-init), given "
+              f"only to the services that log in with it.", secret=True, default_doc="required")
+      for who, what in (("batch", "Airflow tasks: batch, training, monitoring"), ("serving", "the online app"),
+                        ("worker", "the async workers"), ("airflow", "Airflow's metadata database"),
+                        ("mlflow", "MLflow's backend store"))),
+    _dotenv("MLFLOW_ADMIN_PASSWORD", "str", None, "Password of MLflow's `admin` user (MLflow's basic-auth app; "
+            "used by the mlflow-init job to create the other users).", secret=True, default_doc="required"),
+    *(_dotenv(f"MLFLOW_{who.upper()}_PASSWORD", "str", None,
+              f"Password of the MLflow user `{who}` ({what}); at least 12 characters.", secret=True,
+              default_doc="required")
+      for who, what in (("airflow", "trains, registers and promotes models"),
+                        ("serving", "reads registered models only"), ("worker", "reads registered models only"))),
+    _dotenv("MLFLOW_FLASK_SECRET_KEY", "str", None, "Becomes MLFLOW_FLASK_SERVER_SECRET_KEY (the MLflow auth app's "
+            "CSRF key).", secret=True, default_doc="required"),
     _dotenv("AIRFLOW_ADMIN_USER", "str", "admin", "Airflow login."),
     _dotenv("AIRFLOW_ADMIN_PASSWORD", "str", None, "Its password.", secret=True, default_doc="required"),
     _dotenv("AIRFLOW_FERNET_KEY", "str", None, "Becomes AIRFLOW__CORE__FERNET_KEY.", secret=True,
@@ -308,6 +333,24 @@ _VARS: tuple[Var, ...] = (
     _dotenv("MLFLOW_PORT", "port", "5000", "Host port of MLflow."),
     _dotenv("SERVING_CHURN_PORT", "port", "8000", "Host port of the churn deployment."),
     _dotenv("SERVING_SPEND_PORT", "port", "8001", "Host port of the spend deployment."),
+    _v("MLFLOW_TRACKING_USERNAME", "str", None, "The MLflow user of this client (MLflow's basic auth); "
+       "docker-compose gives each component its own (`airflow`, `serving`, `worker`).",
+       ("core", "serving", "worker", "batch", "airflow", "compose"), group=_COMPOSE, third_party="MLflow",
+       default_doc="unset (no login: the local stack's MLflow is open on loopback)"),
+    _v("MLFLOW_TRACKING_PASSWORD", "str", None, "Its password.",
+       ("core", "serving", "worker", "batch", "airflow", "compose"), group=_COMPOSE, third_party="MLflow",
+       secret=True, default_doc="unset"),
+    _v("MLFLOW_BACKEND_STORE_URI", "str", None, "The MLflow server's backend store (set in docker-compose.yaml "
+       "from the environment, so its password is on no command line).", ("mlflow", "compose"), group=_COMPOSE,
+       third_party="MLflow", secret=True, default_doc="unset"),
+    _v("MLFLOW_AUTH_CONFIG_PATH", "path", None, "The basic-auth app's config (`mlflow/basic_auth.ini`).",
+       ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", default_doc="MLflow's own"),
+    _v("MLFLOW_AUTH_ADMIN_PASSWORD", "str", None, "The MLflow admin's password at first start (from "
+       "MLFLOW_ADMIN_PASSWORD).", ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", secret=True,
+       default_doc="unset"),
+    _v("MLFLOW_FLASK_SERVER_SECRET_KEY", "str", None, "The basic-auth app's CSRF key (from "
+       "MLFLOW_FLASK_SECRET_KEY).", ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", secret=True,
+       default_doc="unset"),
     _v("MLFLOW_SERVER_ALLOWED_HOSTS", "str", None,
        "Host names the MLflow server answers (DNS-rebinding protection); set in docker-compose.yaml.",
        ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", default_doc="MLflow's own (localhost)"),

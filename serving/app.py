@@ -18,6 +18,7 @@ from flask import Flask
 
 from scoring.db import database_url
 from scoring.spec import ModelSpec, load_spec
+from serving.auth import EXTENSION_KEY as AUTH_KEY
 from serving.auth import Authorizer
 from serving.config import Settings
 from serving.dataplane import EXTENSION_KEY, DataPlane
@@ -74,7 +75,13 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
     register_error_handlers(app)  # unmatched routes (404, 405) in the platform's shape
     register_middleware(app, spec.name)
     # Raises UndeclaredRouteError for a URL rule without a declaration: before anything is started.
-    install(app, protocols, authorizer=Authorizer.from_token(settings.api_token), model=spec.name)
+    authorizer = Authorizer.from_config(api_token=settings.api_token, tokens=settings.tokens,
+                                        tokens_file=settings.tokens_file)  # a bad entry stops start-up
+    if not authorizer.enabled:
+        log.warning("serving %s: no token configured (SERVING_TOKENS, SERVING_TOKENS_FILE, SERVING_API_TOKEN): "
+                    "every route is open; keep it on loopback", spec.name)
+    app.extensions[AUTH_KEY] = authorizer
+    install(app, protocols, authorizer=authorizer, model=spec.name)
     app.extensions[OPENAPI_KEY] = json.dumps(document(spec, protocols)).encode()
 
     if own_store is not None:

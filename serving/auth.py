@@ -1,50 +1,182 @@
-"""Bearer-token auth for protected routes, by scope.
+"""Named bearer tokens with scopes, enforced from the route declarations (serving/routes.py).
 
-Today one token (SERVING_API_TOKEN) grants every scope; the scope is already part of each route's declaration,
-so tokens limited to some scopes need only another entry in `tokens`. No token configured = an open deployment.
+A deployment lists its clients, each as `name:sha256-of-token:scope[,scope...]` (only the hash is ever stored):
+
+    SERVING_TOKENS_FILE=/run/secrets/serving_tokens   # one entry per line, '#' comments
+    SERVING_TOKENS="batch-app:9f86d0...:predict partner:60303a...:predict,jobs"   # or inline, space separated
+
+Scopes: `predict` (lookups and live predictions in every protocol), `jobs` (submit, read and cancel async jobs),
+`metrics` (Prometheus metrics), `*` (all). SERVING_API_TOKEN, the older single token, still works: it is one client
+with every scope, named `anonymous` like the caller of an open deployment (one shared token = one client).
+`python -m serving.auth new <name> <scopes>` prints a fresh token and its entry.
+
+The presented token is hashed once and compared in constant time against every entry (no early exit). A missing
+or unknown token answers 401, a known one without the route's scope 403. With no token configured at all the
+deployment is open (the local stack on loopback; compose refuses to start serving without SERVING_TOKENS) and
+every caller is `anonymous`. A token entry that does not parse stops start-up (fail closed).
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+import re
+import secrets
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from flask import request
+from flask import current_app, g, has_request_context, request
 
 from serving.errors import ApiError
 
 ALL_SCOPES = "*"
+KNOWN_SCOPES = frozenset({"predict", "jobs", "metrics", ALL_SCOPES})  # a route may only declare these
+ANONYMOUS = "anonymous"  # the caller when auth is off
+# SERVING_API_TOKEN's client: the deployment's one shared caller, as in an open deployment (so jobs made before
+# named tokens, owned by `anonymous`, stay its own); no SERVING_TOKENS entry may take the name
+LEGACY_NAME = ANONYMOUS
+EXTENSION_KEY = "serving.auth"
+_ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63}):(?:sha256:)?(?P<hash>[0-9a-fA-F]{64})"
+                    r":(?P<scopes>[a-z*]+(?:,[a-z*]+)*)$")
+
+
+class TokenConfigError(ValueError):
+    """A token entry that does not parse: start-up stops (the message names where, never the hash)."""
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    digest: bytes  # sha256 of the token
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return ALL_SCOPES in self.scopes or scope in self.scopes
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_entries(text: str, where: str) -> list[Client]:
+    """Entries separated by whitespace or newlines; '#' starts a comment."""
+    clients = []
+    for n, line in enumerate(text.splitlines(), 1):
+        for item in line.split("#", 1)[0].split():
+            match = _ENTRY.match(item)
+            if match is None:
+                raise TokenConfigError(f"{where} line {n}: a token entry must be name:sha256-hex:scope[,scope] "
+                                       f"(got an entry starting {item.split(':', 1)[0][:20]!r})")
+            if match["name"] == ANONYMOUS:
+                raise TokenConfigError(f"{where} line {n}: the name {ANONYMOUS!r} is reserved (an open deployment's "
+                                       f"caller); name the client")
+            scopes = frozenset(match["scopes"].split(","))
+            unknown = sorted(scopes - KNOWN_SCOPES)
+            if unknown:
+                raise TokenConfigError(f"{where} line {n}: client {match['name']!r} has unknown scope "
+                                       f"{unknown[0]!r} (known: {', '.join(sorted(KNOWN_SCOPES))})")
+            clients.append(Client(match["name"], bytes.fromhex(match["hash"]), scopes))
+    return clients
 
 
 class Authorizer:
-    def __init__(self, tokens: Mapping[str, frozenset[str]]) -> None:
-        self.tokens = {token.encode(): scopes for token, scopes in tokens.items()}
+    def __init__(self, clients: Iterable[Client]) -> None:
+        self.clients = list(clients)
+        names = [c.name for c in self.clients]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise TokenConfigError(f"token client {dupes[0]!r} is listed twice")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.clients)
 
     @classmethod
     def from_token(cls, token: str | None) -> Authorizer:
-        return cls({token: frozenset({ALL_SCOPES})} if token else {})
+        """The single-token deployment (SERVING_API_TOKEN): one client with every scope."""
+        return cls([Client(LEGACY_NAME, hashlib.sha256(token.encode()).digest(), frozenset({ALL_SCOPES}))]
+                   if token else [])
+
+    @classmethod
+    def from_config(cls, *, api_token: str | None = None, tokens: str | None = None,
+                    tokens_file: Path | None = None) -> Authorizer:
+        clients = cls.from_token(api_token).clients
+        if tokens:
+            clients += parse_entries(tokens, "SERVING_TOKENS")
+        if tokens_file is not None:
+            try:
+                text = Path(tokens_file).read_text()
+            except OSError as exc:
+                raise TokenConfigError(f"SERVING_TOKENS_FILE={tokens_file}: cannot read it: {exc.strerror}") from exc
+            clients += parse_entries(text, f"SERVING_TOKENS_FILE={tokens_file}")
+        return cls(clients)
+
+    def identify(self) -> Client | None:
+        """The client whose token the request presents, or None. Every entry is compared (constant time)."""
+        scheme, _sep, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return None
+        digest = hashlib.sha256(given.strip().encode()).digest()
+        found = None
+        for client in self.clients:
+            if hmac.compare_digest(digest, client.digest):
+                found = client
+        return found
 
     def guard(self, scope: str) -> Callable[..., None] | None:
         """The check for one route's scope (None when no token is configured: nothing to check)."""
-        if not self.tokens:
+        if scope not in KNOWN_SCOPES:
+            raise TokenConfigError(f"route scope {scope!r} is not one of {sorted(KNOWN_SCOPES)}")
+        if not self.enabled:
             return None
-        holders = [t for t, scopes in self.tokens.items() if ALL_SCOPES in scopes or scope in scopes]
 
         def check(**_: Any) -> None:
-            header = request.headers.get("Authorization", "")
-            scheme, _sep, given = header.partition(" ")
-            raw = given.strip().encode()
-            # compare_digest against every token that holds the scope: no early exit on the first match
-            ok = scheme.lower() == "bearer" and sum(hmac.compare_digest(raw, t) for t in holders) > 0
-            if not ok:
-                raise ApiError(401, "unauthorized",
-                               "missing or wrong bearer token: send 'Authorization: Bearer <SERVING_API_TOKEN>'",
-                               headers={"WWW-Authenticate": 'Bearer realm="serving"'})
+            client = self.identify()
+            if client is None:
+                raise ApiError(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer "
+                                                    "<token>'", headers={"WWW-Authenticate": 'Bearer realm="serving"'})
+            if not client.allows(scope):
+                raise ApiError(403, "forbidden", f"this token does not grant the '{scope}' scope")
+            g.serving_client = client.name
         return check
 
 
 def current_client() -> str:
-    """The caller's identity (the name of its token), which owns its async jobs. Until named tokens land, one
-    shared token means one client: every caller is "anonymous"."""
-    return "anonymous"
+    """The authenticated caller's name (its token's), which owns its async jobs; `anonymous` when auth is off."""
+    if has_request_context():
+        return g.get("serving_client", ANONYMOUS)
+    return ANONYMOUS
+
+
+def sees_internals() -> bool:
+    """Whether the caller may see operational details (reload errors, refused versions, tables): anyone when auth
+    is off, otherwise only a caller with a valid token."""
+    authorizer: Authorizer | None = current_app.extensions.get(EXTENSION_KEY)
+    return authorizer is None or not authorizer.enabled or authorizer.identify() is not None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.auth", description="Make a client token.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    new = sub.add_parser("new", help="print a fresh random token and its SERVING_TOKENS entry")
+    new.add_argument("name")
+    new.add_argument("scopes", help=f"comma list of {', '.join(sorted(KNOWN_SCOPES))}")
+    args = parser.parse_args(argv)
+    token = secrets.token_urlsafe(32)
+    entry = f"{args.name}:{hash_token(token)}:{args.scopes}"
+    try:
+        parse_entries(entry, "the new entry")
+    except TokenConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"token (give it to the client, store it nowhere else): {token}")
+    print(f"entry (SERVING_TOKENS or SERVING_TOKENS_FILE):        {entry}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

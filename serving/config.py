@@ -24,7 +24,9 @@ class Settings:
     model_ref: str = setting("SERVING_MODEL_REF")
     poll_interval_s: float = setting("SERVING_POLL_INTERVAL_S")  # how often each worker checks the alias
     allow_ungated: bool = setting("SERVING_ALLOW_UNGATED")  # load versions the gate did not promote
-    api_token: str | None = setting("SERVING_API_TOKEN")  # bearer token for prediction routes; None = open
+    api_token: str | None = setting("SERVING_API_TOKEN")  # one token with every scope (serving/auth.py)
+    tokens: str | None = setting("SERVING_TOKENS")  # named, scoped token entries (hashes only)
+    tokens_file: Path | None = setting("SERVING_TOKENS_FILE")
     max_body_bytes: int = setting("SERVING_MAX_BODY_BYTES")
     max_rows: int = setting("SERVING_MAX_ROWS")
     job_max_records: int = setting("SERVING_JOB_MAX_RECORDS")

@@ -88,7 +88,7 @@ def document(spec: ModelSpec, protocols: list[Protocol]) -> dict[str, Any]:
                     {"content": _content(answer.content)} if answer.content else {}), **(
                     {"headers": {h: {"schema": {"type": "string"}} for h in answer.headers}} if answer.headers
                     else {})}
-            for status in sorted(set(r.errors) | ({401} if r.protected else set())):
+            for status in sorted(set(r.errors) | ({401, 403} if r.protected else set())):
                 responses[str(status)] = {"description": HTTPStatus(status).phrase, "content": {
                     "application/json": {"schema": ref(error_name(proto))}}}
             op: dict[str, Any] = {"operationId": f"{proto.name}.{r.endpoint}", "summary": r.summary,
@@ -102,7 +102,8 @@ def document(spec: ModelSpec, protocols: list[Protocol]) -> dict[str, Any]:
         "info": {"title": f"Model serving: {spec.name}", "version": "0.1.0",
                  "description": f"{spec.description} Precomputed lookups, live predictions, async jobs, and the "
                                 "MLflow and Open Inference protocols. Protected operations take "
-                                "`Authorization: Bearer <token>` when the deployment sets SERVING_API_TOKEN."},
+                                "`Authorization: Bearer <token>` (a token granting the operation's scope: 401 without "
+                                "a known token, 403 without the scope) when the deployment has tokens."},
         "tags": [{"name": p.name, "description": p.description} for p in protocols],
         "paths": paths,
         "components": components(spec, protocols),

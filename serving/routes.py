@@ -65,7 +65,7 @@ class Route:
     auth: Auth
     summary: str
     responses: Mapping[int, Answer]
-    errors: tuple[int, ...] = ()  # statuses answered in the protocol's error schema (401 added when protected)
+    errors: tuple[int, ...] = ()  # statuses answered in the protocol's error schema (401 and 403 added when protected)
     request: Mapping[str, Schema | None] = field(default_factory=dict)  # media type -> schema
     params: tuple[Param, ...] = ()
     documented: bool = True

@@ -373,6 +373,8 @@ def summary(cfg: StackConfig, services: list[Service]) -> str:
     lines.append(f"  PostgreSQL     {cfg.db_url('serving')}  (databases: {', '.join(DATABASES)})")
     if cfg.wants("mlflow"):
         lines.append(f"  MLflow         {cfg.mlflow_url}  (UI + registry; artifacts in {cfg.artifacts_dir})")
+        lines.append("  security       local stack: MLflow and serving have no login and no token, on loopback only "
+                     "(docker-compose.yaml is the locked-down deployment)")
     if cfg.wants("airflow"):
         lines.append(f"  Airflow        {cfg.airflow_url}  login: {cfg.admin_user} / {cfg.admin_password}")
     gateway = next((s for s in services if s.component == "gateway"), None)

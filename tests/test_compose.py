@@ -13,7 +13,7 @@ from scoring.spec import load_specs
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = ["airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
-ONE_SHOT = {"db-init", "airflow-init"}  # jobs that run to completion: no healthcheck, restart "no"
+ONE_SHOT = {"db-init", "airflow-init", "mlflow-init"}  # jobs that run to completion: no healthcheck, restart "no"
 # `$${X}` is compose's escape (expanded by the container's shell), not a compose variable
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
 SECRET_WORD = re.compile(r"password|secret|token|fernet|key", re.IGNORECASE)
@@ -58,7 +58,8 @@ def test_images_come_from_the_project_dockerfile(services: dict[str, dict[str, A
             continue
         assert svc["build"]["context"] == "." and svc["build"]["dockerfile"] == "Dockerfile", name
         assert svc["image"].startswith("${PLATFORM_IMAGE"), name
-        assert svc["env_file"] == ".env", f"{name}: secrets come from the env file"
+        # no shared env_file: each service's environment names what it uses (test_each_service_gets_only_its_secrets)
+        assert not svc.get("env_file"), f"{name}: env_file {svc.get('env_file')!r} would hand it every secret"
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
     assert "pip install -r requirements.txt" in dockerfile
@@ -188,3 +189,98 @@ def test_env_example_lists_every_variable_and_holds_no_secret(raw: str) -> None:
             assert value == "", f".env.example must not ship a value for {key}"
     assert ".env" in (REPO / ".gitignore").read_text().split()
     assert ".env" in (REPO / ".dockerignore").read_text().split(), "the image never contains the .env file"
+
+
+# ------------------------------------------------------------------------------------- least privilege (issue 13)
+
+def _secret_vars() -> frozenset[str]:
+    from scoring.settings import REGISTRY
+
+    return frozenset(name for name, var in REGISTRY.items() if var.secret)
+
+
+_AIRFLOW_SECRETS = {"POSTGRES_BATCH_PASSWORD", "POSTGRES_AIRFLOW_PASSWORD", "MLFLOW_AIRFLOW_PASSWORD",
+                    "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY"}
+_POSTGRES_ROLES = {f"POSTGRES_{who}_PASSWORD" for who in ("BATCH", "SERVING", "WORKER", "AIRFLOW", "MLFLOW")}
+# What each service may hold (the secrets it uses, nothing more); a service not listed holds none.
+SECRETS_OF: dict[str, set[str]] = {
+    "postgres": {"POSTGRES_PASSWORD"},
+    "db-init": {"POSTGRES_PASSWORD"} | _POSTGRES_ROLES,
+    "mlflow": {"POSTGRES_MLFLOW_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY"},
+    "mlflow-init": {"MLFLOW_ADMIN_PASSWORD", "MLFLOW_AIRFLOW_PASSWORD", "MLFLOW_SERVING_PASSWORD",
+                    "MLFLOW_WORKER_PASSWORD"},
+    "airflow-init": _AIRFLOW_SECRETS | {"AIRFLOW_ADMIN_PASSWORD"},
+    **{name: _AIRFLOW_SECRETS for name in AIRFLOW[1:]},
+}
+
+
+def secrets_held(svc: dict[str, Any]) -> set[str]:
+    return {var for value in _env(svc).values() for var in VAR.findall(value)} & _secret_vars()
+
+
+def test_each_service_gets_only_its_secrets(services: dict[str, dict[str, Any]]) -> None:
+    expected = dict(SECRETS_OF)
+    for model in online_models():
+        expected[f"serving-{model}"] = {"POSTGRES_SERVING_PASSWORD", "MLFLOW_SERVING_PASSWORD", "SERVING_TOKENS"}
+        expected[f"worker-{model}"] = {"POSTGRES_WORKER_PASSWORD", "MLFLOW_WORKER_PASSWORD"}
+    held = {name: secrets_held(svc) for name, svc in services.items()}
+    assert {n: h for n, h in held.items() if h} == {n: e for n, e in expected.items() if e}
+    assert held.get("gateway", set()) == set() and held.get("redis", set()) == set()
+    # the check catches a planted mistake: the admin password handed to a serving replica
+    planted = {**services["serving-churn"], "environment": {**_env(services["serving-churn"]),
+                                                            "X": "${POSTGRES_PASSWORD:?x}"}}
+    assert "POSTGRES_PASSWORD" in secrets_held(planted)
+
+
+def test_every_secret_is_required(raw: str) -> None:
+    """A secret referenced with a default (`${X:-}`) or none (`${X}`) lets a service start open or empty."""
+    for match in re.finditer(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}", raw):
+        if match[1] in _secret_vars():
+            assert match[2].startswith(":?"), f"${{{match[1]}{match[2]}}} must be required (:?)"
+    assert "${SERVING_TOKENS:?" in raw and "${AIRFLOW_ADMIN_PASSWORD:?" in raw
+
+
+def test_no_secret_on_a_command_line(services: dict[str, dict[str, Any]]) -> None:
+    """Commands, entrypoints and healthchecks are visible in `ps` and `docker inspect`: no secret is interpolated
+    into them; a shell script may name one only for a builtin (printf), expanded inside the container."""
+    secrets = _secret_vars()
+    for name, svc in services.items():
+        parts = []
+        for key in ("command", "entrypoint"):
+            value = svc.get(key) or []
+            parts += [value] if isinstance(value, str) else [str(v) for v in value]
+        parts += [str(v) for v in (svc.get("healthcheck") or {}).get("test", [])]
+        for part in parts:
+            assert not set(VAR.findall(part)) & secrets, f"{name}: secret interpolated into {part!r}"
+            for line in part.splitlines():
+                if any(f"$${{{s}}}" in line for s in secrets):
+                    assert line.strip().startswith("printf "), f"{name}: secret in an external command: {line!r}"
+            assert "://" not in part or "@" not in part, f"{name}: credentials in a URL on the command line"
+    assert "--backend-store-uri" not in services["mlflow"]["command"]
+
+
+def test_each_component_logs_in_as_its_own_role_and_user(services: dict[str, dict[str, Any]]) -> None:
+    def login(url: str) -> str:
+        return re.match(r"^[a-z+]+://([^:@/]+)", url)[1]
+
+    for model in online_models():
+        serving, worker = _env(services[f"serving-{model}"]), _env(services[f"worker-{model}"])
+        assert login(serving["DATABASE_URL"]) == "platform_serving"
+        assert login(worker["DATABASE_URL"]) == "platform_worker"
+        assert (serving["MLFLOW_TRACKING_USERNAME"], worker["MLFLOW_TRACKING_USERNAME"]) == ("serving", "worker")
+    for name in AIRFLOW:
+        env = _env(services[name])
+        assert login(env["DATABASE_URL"]) == login(env["AIRFLOW_CONN_SERVING_DB"]) == "platform_batch", name
+        assert login(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]) == "platform_airflow", name
+        if "AIRFLOW__CELERY__RESULT_BACKEND" in env:  # CeleryExecutor: its results in Airflow's database
+            assert login(env["AIRFLOW__CELERY__RESULT_BACKEND"].removeprefix("db+")) == "platform_airflow", name
+        assert env["MLFLOW_TRACKING_USERNAME"] == "airflow", name
+    mlflow = services["mlflow"]
+    assert login(_env(mlflow)["MLFLOW_BACKEND_STORE_URI"]) == "platform_mlflow"
+    assert mlflow["command"][mlflow["command"].index("--app-name") + 1] == "basic-auth"
+    assert _env(mlflow)["MLFLOW_AUTH_CONFIG_PATH"] == "/opt/platform/mlflow/basic_auth.ini"
+    assert (REPO / "mlflow" / "basic_auth.ini").exists() and "ports" not in mlflow
+    assert services["mlflow-init"]["command"] == ["python", "-m", "stack.mlflow_auth"]
+    for model in online_models():  # serving starts only once its MLflow user exists
+        assert services[f"serving-{model}"]["depends_on"]["mlflow-init"]["condition"] == \
+            "service_completed_successfully"

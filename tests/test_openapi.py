@@ -194,4 +194,4 @@ def test_protected_operations_answer_401_as_documented(scorer, doc):
             assert send(client, method, valid, Authorization=f"Bearer {TOKEN}").status_code < 300, (path, method)
         else:
             assert send(client, method, valid).status_code < 300, (path, method)  # public: no token needed
-    assert protected == 9  # lookup, predict, 4 job routes (submit, bulk, get, cancel), /invocations, 2 OIP infer
+    assert protected == 10  # lookup, predict, 4 job routes (submit, bulk, get, cancel), /invocations, 2 OIP, metrics

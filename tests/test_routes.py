@@ -63,7 +63,7 @@ def test_every_rule_of_the_app_is_declared_and_its_auth_enforced(scorer):
             else:
                 assert resp.status_code != 401, path
             seen += 1
-    assert seen == 26  # (rule, method) pairs
+    assert seen == 27  # (rule, method) pairs
 
 
 def test_create_app_refuses_an_undeclared_route(monkeypatch, scorer):

@@ -212,11 +212,12 @@ def test_db_down_auth_and_mlflow_going_away(mlflow_server, trained_models, tmp_p
     url = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {token}"}
     try:
-        # health and metrics stay open; readiness reports the database
+        # health stays open; readiness reports the database; metrics need a token once the deployment has one
         assert requests.get(url + "/healthz", timeout=5).status_code == 200
         ready = requests.get(url + "/readyz", timeout=10)
         assert ready.status_code == 503 and ready.json()["checks"] == {"model_loaded": True, "database": False}
-        assert requests.get(url + "/metrics", timeout=5).status_code == 200
+        assert requests.get(url + "/metrics", timeout=5).status_code == 401
+        assert requests.get(url + "/metrics", headers=auth, timeout=5).status_code == 200
         assert requests.get(url + "/openapi.json", timeout=5).status_code == 200
 
         # auth on every prediction route, each in its protocol's error shape

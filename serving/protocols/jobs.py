@@ -30,7 +30,7 @@ from serving.wire import check_entity_keys, json_body, json_response, records_bo
 
 api = Protocol("jobs", "Async predictions through the job queue", ERROR_SCHEMA, error_response)
 
-PREDICT = Scope("predict")
+JOBS = Scope("jobs")  # a client allowed to predict is not thereby allowed to queue work
 MAX_KEY_LENGTH = 255
 
 _JOB = {
@@ -74,7 +74,7 @@ def _job_response(job: job_queue.Job, status: int, **headers: str) -> Response:
     return json_response(body, status, headers)
 
 
-@api.route("POST", "/v1/models/<model>/jobs", auth=PREDICT,
+@api.route("POST", "/v1/models/<model>/jobs", auth=JOBS,
            summary='Async job: {"records": [...]} -> 202 + Location; the Idempotency-Key header makes retries safe',
            params=(Param("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
                          "a retried submit with the same key returns the same job", where="header"),),
@@ -94,7 +94,7 @@ def submit_job(model: str) -> Response:
     return _job_response(job, 200, Location=location, **{"Idempotent-Replayed": "true"})
 
 
-@api.route("POST", "/v1/models/<model>/jobs/bulk", auth=PREDICT,
+@api.route("POST", "/v1/models/<model>/jobs/bulk", auth=JOBS,
            summary='Many async jobs in one request and one commit: {"jobs": [{"records": [...], '
                    '"idempotency_key"?: "..."}]} -> 202; refused whole (nothing queued) when any record is invalid',
            request={"application/json": _BULK},
@@ -138,14 +138,14 @@ def _bulk_body() -> list[tuple[list[dict[str, Any]], str | None]]:
     return out
 
 
-@api.route("GET", "/v1/jobs/<job_id>", auth=PREDICT,
+@api.route("GET", "/v1/jobs/<job_id>", auth=JOBS,
            summary="Async job status; predictions and model_version when done",
            responses={200: json_answer("The job", _JOB, "Retry-After")}, errors=(400, 404, 503))
 def get_job(job_id: str) -> Response:
     return _job_response(plane().get_job(job_id), 200)
 
 
-@api.route("DELETE", "/v1/jobs/<job_id>", auth=PREDICT,
+@api.route("DELETE", "/v1/jobs/<job_id>", auth=JOBS,
            summary="Cancel a queued async job (409 once running or finished)",
            responses={200: json_answer("Cancelled", _JOB)}, errors=(400, 404, 409, 503))
 def cancel_job(job_id: str) -> Response:

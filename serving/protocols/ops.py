@@ -1,4 +1,5 @@
-"""Operations: liveness, readiness, Prometheus metrics, the OpenAPI document and its Swagger UI (all public)."""
+"""Operations: liveness, readiness, the OpenAPI document and its Swagger UI (public), Prometheus metrics (scope
+`metrics` once the deployment has tokens: they describe its internals)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from flask_swagger_ui import get_swaggerui_blueprint
 from serving.dataplane import plane
 from serving.errors import ERROR_SCHEMA, error_response
 from serving.metrics import render
-from serving.routes import PUBLIC, Answer, Protocol, json_answer
+from serving.routes import PUBLIC, Answer, Protocol, Scope, json_answer
 from serving.wire import json_response
 
 api = Protocol("operations", "Health, readiness, metrics and this document", ERROR_SCHEMA, error_response)
@@ -41,7 +42,7 @@ def readyz() -> Response:
     return json_response(body, 200 if body["ready"] else 503)
 
 
-@api.route("GET", "/metrics", auth=PUBLIC, summary="Prometheus metrics (all workers)",
+@api.route("GET", "/metrics", auth=Scope("metrics"), summary="Prometheus metrics (all workers)",
            responses={200: Answer("Prometheus text format", {"text/plain": {"type": "string"}})})
 def metrics() -> Response:
     body, content_type = render()

@@ -9,6 +9,7 @@ import time
 
 from flask import Response, request
 
+from serving.auth import sees_internals
 from serving.dataplane import FALLBACKS, plane
 from serving.errors import ERROR_SCHEMA, ApiError, error_response
 from serving.openapi import ref
@@ -104,7 +105,8 @@ def predict(model: str) -> Response:
 
 
 @api.route("GET", "/v1/models/<model>", auth=PUBLIC,
-           summary="Model spec, loaded version, loaded at, signature, reload state, limits",
+           summary="Model spec, loaded version, loaded at, signature, limits; reload errors, alias and table "
+                   "only for a caller with a valid token (when the deployment has tokens)",
            responses={200: json_answer("The model", _MODEL_INFO)}, errors=(404,))
 def model_info(model: str) -> Response:
     dp = plane()
@@ -115,7 +117,7 @@ def model_info(model: str) -> Response:
                  **({"categories": list(f.categories)} if f.categories else {})} for f in spec.features]
     outputs = ([{"name": "score", "type": "float"}, {"name": "label", "type": "int"}] if spec.is_classifier
                else [{"name": "prediction", "type": "float"}])
-    return json_response({
+    body = {
         "model": spec.name, "description": spec.description, "task": spec.task,
         "ref": dp.settings.model_ref,
         "loaded_version": scorer.version if scorer else None,
@@ -128,7 +130,15 @@ def model_info(model: str) -> Response:
                    "last_error": stats.last_error, "last_check_at": _iso(stats.last_check_at)},
         "limits": {"max_rows": dp.max_rows, "max_body_bytes": dp.settings.max_body_bytes},
         "process_started": _iso(_STARTED),
-    })
+    }
+    if not sees_internals():  # anonymous callers of a deployment with tokens: no error text, tables or alias
+        for key in _INTERNAL:
+            body.pop(key)
+        body["reload"] = {"poll_interval_s": dp.holder.poll_interval_s}
+    return json_response(body)
+
+
+_INTERNAL = ("ref", "prediction_table", "process_started")
 
 
 def _iso(ts: float | None) -> str | None:

@@ -1,0 +1,61 @@
+"""The components' PostgreSQL roles (created by sql/007_roles.sql): their passwords and the prediction tables' grants.
+
+Passwords come from the deployment's secrets (POSTGRES_<ROLE>_PASSWORD, given to the init job only) and are hashed
+here (SCRAM, libpq's PQencryptPasswordConn) so that no plain password reaches the server's statement log; a role
+whose variable is unset keeps no password (it cannot log in over the network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import psycopg
+from psycopg import sql
+
+from scoring.settings import read
+from scoring.spec import ModelSpec
+from scoring.store import split_table
+
+BATCH, SERVING, WORKER, AIRFLOW, MLFLOW = ("platform_batch", "platform_serving", "platform_worker",
+                                           "platform_airflow", "platform_mlflow")
+PASSWORD_VARS = {BATCH: "POSTGRES_BATCH_PASSWORD", SERVING: "POSTGRES_SERVING_PASSWORD",
+                 WORKER: "POSTGRES_WORKER_PASSWORD", AIRFLOW: "POSTGRES_AIRFLOW_PASSWORD",
+                 MLFLOW: "POSTGRES_MLFLOW_PASSWORD"}
+
+
+def roles_exist(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)",
+                        (list(PASSWORD_VARS),)).fetchone()[0] == len(PASSWORD_VARS)
+
+
+def set_passwords(conn: psycopg.Connection, env: Mapping[str, str] | None = None) -> list[str]:
+    """Set each role's password from its variable (when set); returns the roles set."""
+    done = []
+    for role, var in PASSWORD_VARS.items():
+        password = read(var, env)
+        if not password:
+            continue
+        hashed = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role),
+                                                                 sql.Literal(hashed.decode())))
+        done.append(role)
+    return done
+
+
+def grant_prediction_tables(conn: psycopg.Connection, specs: Iterable[ModelSpec]) -> None:
+    """Hand every relation of the prediction schemas to the batch role (it stages, swaps and drops partitions,
+    which needs ownership) and let serving read them. Idempotent; run after the spec tables are ensured."""
+    schemas = sorted({split_table(spec.prediction_table)[0] for spec in specs})
+    for schema in schemas:
+        ident = sql.Identifier(schema)
+        conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(ident, sql.Identifier(BATCH)))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, sql.Identifier(SERVING)))
+        rows = conn.execute(
+            "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v') AND pg_get_userbyid(c.relowner) <> %s",
+            (schema, BATCH)).fetchall()
+        for name, kind in rows:
+            what = sql.SQL("VIEW" if kind == "v" else "TABLE")
+            conn.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(what, sql.Identifier(schema, name),
+                                                                   sql.Identifier(BATCH)))
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(ident, sql.Identifier(SERVING)))
