@@ -1,5 +1,5 @@
 # One image for the whole platform (docker-compose.yaml runs it as postgres-migrations, MLflow, every Airflow
-# component, the serving app per model and the async worker per model).
+# component and Celery worker, the serving replicas per model, the async worker per model and the gateway).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -10,8 +10,9 @@ ENV PYTHONUNBUFFERED=1 \
 
 # libgomp1: XGBoost's OpenMP runtime (not in the slim base image). postgresql-client: the batch job streams
 # features out through psql's COPY (scoring/pgcopy.py), ~20x less CPU than reading COPY rows in Python.
+# nginx-light: the gateway service (stack/gateway.py writes its config from models.yaml and runs it).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 postgresql-client \
+    && apt-get install -y --no-install-recommends libgomp1 postgresql-client nginx-light \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/platform

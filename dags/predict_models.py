@@ -53,12 +53,13 @@ def build(spec: ModelSpec) -> DAG:
         def prepare(day: str, version: str, **context: Any) -> dict[str, Any]:
             return predict_tasks.prepare(spec, day, version, context)
 
-        @task(retries=2, retry_delay=dt.timedelta(seconds=10))  # a shard commits once: a retry never duplicates
+        @task(retries=2, retry_delay=dt.timedelta(seconds=10),  # a shard commits once: a retry never duplicates
+              pool="serving_db_writers", priority_weight=10)  # pooled writers; queued before the shadow work
         def score_shard(plan: dict[str, Any], shard: int) -> dict[str, Any]:
             return predict_tasks.score_shard(spec, plan, shard)
 
         @task(trigger_rule="none_failed_min_one_success",  # a skipped challenger must not skip the swap
-              outlets=[table_asset], retries=0)  # too many rejects stays too many on retry
+              outlets=[table_asset], retries=0, pool="serving_db_writers")  # too many rejects stays so
         def swap(plan: dict[str, Any], shard_results: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
             return predict_tasks.swap(spec, plan, shard_results, context)
 

@@ -144,6 +144,10 @@ def airflow_env(cfg: StackConfig) -> dict[str, str]:
         # connections come from the environment, never from DAG code (conn id: serving_db)
         "AIRFLOW_CONN_SERVING_DB": cfg.db_url("serving"),
     })
+    if cfg.executor == "celery":
+        from stack.celery import celery_env
+
+        env.update(celery_env(cfg))
     return env
 
 
@@ -238,8 +242,15 @@ def catalogue(cfg: StackConfig) -> tuple[list[Service], list[str]]:
     notes: list[str] = []
     if cfg.wants("mlflow"):
         services.append(mlflow_service(cfg))
+    celery = cfg.wants("airflow") and cfg.executor == "celery"
+    if celery:
+        from stack import celery as celery_stack
+
+        services.append(celery_stack.redis_service(cfg))
     if cfg.wants("airflow"):
         services.extend(airflow_services(cfg))
+    if celery:
+        services.extend(celery_stack.worker_services(cfg))
     if cfg.wants("serving"):
         if serving_available():
             services.extend(serving_services(cfg))

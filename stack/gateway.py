@@ -338,6 +338,32 @@ def reload(master_pid: int, timeout: float = 15.0) -> None:
     raise GatewayError(f"gateway (pid {master_pid}): old workers still busy {timeout:.0f}s after a reload")
 
 
+def start_standalone(upstreams: dict[str, list[str]], port: int, workdir: Path,
+                     log_path: Path) -> subprocess.Popen:
+    """An nginx gateway of its own (benches): config in `workdir`, listening on 127.0.0.1:`port`; returns once
+    it answers. Stop it with stack.services.stop_process."""
+    from stack.services import stop_process, wait_http
+
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (workdir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        for folder in (workdir, workdir / "tmp", *(workdir / "tmp").iterdir()):
+            folder.chmod(0o777 if folder != workdir else 0o755)
+    conf = workdir / CONF_NAME
+    conf.write_text(render(upstreams, f"127.0.0.1:{port}", workdir, str(workdir / "access.log"),
+                           body_limit=max_body_bytes()))
+    binary = ensure_nginx()
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen([binary, "-e", "stderr", "-p", str(workdir), "-c", str(conf)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/gateway/health", 30, proc, "gateway")
+    except Exception:
+        stop_process(proc)
+        raise
+    return proc
+
+
 # --- the container deployment ------------------------------------------------------------------------------
 
 def compose_config(models: list[str], workdir: Path) -> str:

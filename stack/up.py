@@ -108,7 +108,8 @@ def apply_migrations(cfg: StackConfig, out: Out) -> None:
 
 
 def prepare_airflow(cfg: StackConfig, out: Out) -> None:
-    """The fixed admin login and `airflow db migrate` (idempotent), before any Airflow component starts."""
+    """The fixed admin login, `airflow db migrate` and the database writers' pool (all idempotent), before any
+    Airflow component starts."""
     write_airflow_login(cfg)
     log = cfg.log_file("airflow-db-migrate")
     started = time.monotonic()
@@ -119,7 +120,14 @@ def prepare_airflow(cfg: StackConfig, out: Out) -> None:
     if result.returncode != 0:
         raise StackError(f"airflow: `airflow db migrate` failed (exit {result.returncode}); last lines of {log}:\n"
                          f"{tail(log)}")
-    out(f"airflow: metadata database migrated ({time.monotonic() - started:.0f}s)")
+    from stack.celery import POOL, POOL_SLOTS, CeleryStackError, ensure_pool
+
+    try:
+        ensure_pool(cfg)
+    except CeleryStackError as exc:
+        raise StackError(f"airflow: {exc}") from exc
+    out(f"airflow: metadata database migrated, pool {POOL} ({POOL_SLOTS} slots) "
+        f"({time.monotonic() - started:.0f}s; executor: {cfg.executor})")
 
 
 # --- services --------------------------------------------------------------------------------------------
@@ -154,7 +162,7 @@ def preflight(cfg: StackConfig, services: list[Service]) -> None:
         if not _pg_running(cfg) and port_in_use(cfg.pg_port):
             raise StackError(_taken("postgres", cfg.pg_port, "STACK_PG_PORT"))
     overrides = {"mlflow": "STACK_MLFLOW_PORT", "airflow": "STACK_AIRFLOW_PORT", "serving": "STACK_REPLICA_PORT",
-                 "gateway": "STACK_SERVING_PORT"}
+                 "gateway": "STACK_SERVING_PORT", "redis": "STACK_REDIS_PORT"}
     for svc in services:
         if svc.port and not alive(read_pid(cfg.pid_file(svc.name))) and port_in_use(svc.port):
             raise StackError(_taken(svc.name, svc.port, overrides.get(svc.component, "")))
@@ -226,6 +234,7 @@ def up(cfg: StackConfig, out: Out = print, services: list[Service] | None = None
         services, notes = catalogue(cfg)
     preflight(cfg, services)
     gateway_changed = prepare_gateway(cfg, services)
+    prepare_redis(services)
     started: list[Started] = []
     try:
         if cfg.wants("postgres") or not cfg.local_postgres:
@@ -272,6 +281,19 @@ def prepare_gateway(cfg: StackConfig, services: list[Service]) -> bool:
     return changed
 
 
+def prepare_redis(services: list[Service]) -> None:
+    """redis-server installed (apt-get when missing) before anything starts."""
+    redis = next((s for s in services if s.component == "redis"), None)
+    if redis is None:
+        return
+    from stack.celery import CeleryStackError, ensure_redis
+
+    try:
+        redis.argv[0] = ensure_redis()
+    except CeleryStackError as exc:
+        raise StackError(f"redis: {exc}") from exc
+
+
 def reload_gateway(cfg: StackConfig, started: list[Started], out: Out) -> None:
     from stack.gateway import GatewayError, reload
 
@@ -292,7 +314,7 @@ def _stop_tier(name: str) -> int:
     then what they talk to (Airflow api-server, MLflow), PostgreSQL last."""
     if name == "postgres":
         return 2
-    if name in ("airflow-api-server", "mlflow"):
+    if name in ("airflow-api-server", "mlflow", "redis"):
         return 1
     return 0
 
@@ -387,6 +409,9 @@ def summary(cfg: StackConfig, services: list[Service]) -> str:
     else:
         for svc in serving:
             lines.append(f"  {svc.name:<14} {svc.url}  (health {svc.url}/healthz)")
+    if any(s.component == "redis" for s in services):
+        celery = [s.name for s in services if s.name.startswith("airflow-celery-worker")]
+        lines.append(f"  Celery         broker {cfg.redis_url}; workers {', '.join(celery)}")
     workers = [s.name for s in services if s.component == "worker"]
     if workers:
         lines.append(f"  workers        {', '.join(workers)}")

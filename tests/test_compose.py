@@ -12,7 +12,9 @@ import yaml
 from scoring.spec import load_specs
 
 REPO = Path(__file__).resolve().parent.parent
-AIRFLOW = ["airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
+AIRFLOW = ["airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+           "airflow-worker"]
+UPSTREAM_IMAGES = {"postgres": "postgres:15", "redis": "redis:7"}  # engines used as published, not built here
 ONE_SHOT = {"db-init", "airflow-init", "mlflow-init"}  # jobs that run to completion: no healthcheck, restart "no"
 # `$${X}` is compose's escape (expanded by the container's shell), not a compose variable
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
@@ -45,16 +47,17 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_platform_service_is_present(services: dict[str, dict[str, Any]]) -> None:
-    expected = {"postgres", "db-init", "mlflow", *AIRFLOW}
+    expected = {"postgres", "redis", "db-init", "mlflow", "gateway", *AIRFLOW}
     expected |= {f"serving-{m}" for m in online_models()} | {f"worker-{m}" for m in online_models()}
     assert expected <= set(services), f"missing: {sorted(expected - set(services))}"
     assert {"serving-churn", "serving-spend", "worker-churn", "worker-spend"} <= set(services)
 
 
 def test_images_come_from_the_project_dockerfile(services: dict[str, dict[str, Any]]) -> None:
-    assert services["postgres"]["image"].startswith("postgres:15")
+    for name, image in UPSTREAM_IMAGES.items():
+        assert services[name]["image"].startswith(image), name
     for name, svc in services.items():
-        if name == "postgres":
+        if name in UPSTREAM_IMAGES:
             continue
         assert svc["build"]["context"] == "." and svc["build"]["dockerfile"] == "Dockerfile", name
         assert svc["image"].startswith("${PLATFORM_IMAGE"), name
@@ -64,6 +67,7 @@ def test_images_come_from_the_project_dockerfile(services: dict[str, dict[str, A
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
     assert "pip install -r requirements.txt" in dockerfile
     assert re.search(r"^USER ", dockerfile, re.MULTILINE), "the image does not run as root"
+    assert "nginx-light" in dockerfile, "the gateway runs nginx from the same image"
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
@@ -76,6 +80,9 @@ def test_long_running_services_have_healthchecks(services: dict[str, dict[str, A
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
     assert "pg_isready" in services["postgres"]["healthcheck"]["test"][1]
     assert "/api/v2/monitor/health" in " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
+    assert "ping" in " ".join(services["redis"]["healthcheck"]["test"])
+    assert "inspect ping" in " ".join(services["airflow-worker"]["healthcheck"]["test"])
+    assert "/gateway/health" in " ".join(services["gateway"]["healthcheck"]["test"])
     assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
     for model in online_models():
         assert "/healthz" in " ".join(services[f"serving-{model}"]["healthcheck"]["test"])
@@ -93,6 +100,7 @@ def test_start_order_uses_health_and_completion_conditions(services: dict[str, d
     for name in AIRFLOW[1:]:
         deps = needs(name)
         assert deps["postgres"] == "service_healthy", name
+        assert deps["redis"] == "service_healthy", name
         assert deps["airflow-init"] == "service_completed_successfully", name
         assert deps["db-init"] == "service_completed_successfully", name
     for name in AIRFLOW[2:]:
@@ -102,6 +110,8 @@ def test_start_order_uses_health_and_completion_conditions(services: dict[str, d
             deps = needs(name)
             assert deps["db-init"] == "service_completed_successfully", name
             assert deps["mlflow"] == "service_healthy", name
+    gateway = needs("gateway")
+    assert all(gateway[f"serving-{m}"] == "service_healthy" for m in online_models()), gateway
     for name, svc in services.items():  # every dependency exists
         for dep in svc.get("depends_on") or {}:
             assert dep in services, f"{name} depends on unknown service {dep}"
@@ -114,10 +124,17 @@ def test_airflow_follows_the_official_layout(compose: dict[str, Any], services: 
     assert commands["airflow-scheduler"] == "airflow scheduler"
     assert commands["airflow-dag-processor"] == "airflow dag-processor"
     assert commands["airflow-triggerer"] == "airflow triggerer"
+    assert commands["airflow-worker"] == "airflow celery worker"
+    assert services["airflow-worker"]["deploy"]["replicas"] >= 2, "the nightly shards spread over workers"
     assert "airflow db migrate" in services["airflow-init"]["command"][-1]
+    assert "airflow pools set serving_db_writers" in services["airflow-init"]["command"][-1]
     for name in AIRFLOW:
         env = _env(services[name])
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        # Celery on Redis as in Airflow's official file (locally `make up` keeps LocalExecutor by default)
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("@postgres:5432/airflow")
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://")
         assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
         assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "false"
@@ -127,17 +144,48 @@ def test_airflow_follows_the_official_layout(compose: dict[str, Any], services: 
 
 
 def test_one_serving_deployment_and_worker_per_model(services: dict[str, dict[str, Any]]) -> None:
-    ports = set()
+    from stack.gateway import compose_config
+
+    gateway = compose_config(online_models(), Path("/tmp/gateway"))
+    routes = set()
     for model in online_models():
         app = services[f"serving-{model}"]
         assert app["command"] == ["gunicorn", "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"]
         assert _env(app)["SERVING_MODEL"] == model
-        ports.add(app["ports"][0].split(":")[0])
+        assert app["deploy"]["replicas"] >= 2, f"{model}: replicas behind the gateway"
+        assert "ports" not in app, f"{model}: reached through the gateway only"
+        # each deployment is reachable on its own: its routes go to its own service (all its replicas)
+        assert f"server serving-{model}:8000" in gateway and f"location ^~ /v1/models/{model}/ {{" in gateway
+        routes.add(f"/models/{model}/")
         worker = services[f"worker-{model}"]
         assert worker["command"] == ["python", "-m", "serving.worker"]
         assert _env(worker)["SERVING_MODEL"] == model
         assert _env(worker)["DATABASE_URL"].endswith("@postgres:5432/serving")
-    assert len(ports) == len(online_models()), "each deployment publishes its own host port"
+    assert len(routes) == len(online_models()), "each deployment has its own route at the gateway"
+
+
+def published(services: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    return {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+
+
+def holds_data_or_secrets(name: str, svc: dict[str, Any]) -> list[str]:
+    """Why a service must not be published: volumes (data) or secret values in its environment or env file."""
+    reasons = [f"{name}: volume {v}" for v in svc.get("volumes") or []]
+    if svc.get("env_file"):
+        reasons.append(f"{name}: env_file {svc['env_file']} (the .env holds the secrets)")
+    reasons += [f"{name}: {k}" for k, v in _env(svc).items() if SECRET_WORD.search(k) or "@" in v]
+    return reasons
+
+
+def test_only_the_gateway_is_published(services: dict[str, dict[str, Any]]) -> None:
+    ports = published(services)
+    assert set(ports) == {"gateway"}, ports
+    assert holds_data_or_secrets("gateway", services["gateway"]) == []
+    assert "8000:8000" in ports["gateway"]
+    # the check catches a planted mistake: MLflow (data, secrets from .env) published again
+    planted = {**services, "mlflow": {**services["mlflow"], "ports": ["5000:5000"]}}
+    assert set(published(planted)) == {"gateway", "mlflow"}
+    assert holds_data_or_secrets("mlflow", planted["mlflow"])
 
 
 def test_postgres_keeps_data_in_a_named_volume(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
