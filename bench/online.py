@@ -8,6 +8,8 @@ Side by side, in one run, under the same gunicorn settings (serving/gunicorn.con
   lookup      GET  /v1/models/churn/predictions/<id>    (precomputed batch predictions, PostgreSQL PK lookup)
   floor-flask the shared scorer behind the thinnest Flask route      (reference: the most a Flask live predict
   floor-wsgi  the same as a plain WSGI callable, no Flask              and any live predict under gunicorn can do)
+  gw-live, gw-lookup   live and lookup through the gateway (nginx, stack/gateway.py) in front of the same app
+  gw-live-slow8        gw-live with 8 slow clients held open (headers and part of a body, a byte every 2 s)
 
 By default it starts its own PostgreSQL, MLflow server and trained model (testing/platform.py) under a temp dir
 and removes them after;
@@ -19,13 +21,16 @@ day must have precomputed predictions). Installs `wrk` with apt-get when missing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scoring.settings import read  # noqa: E402
+from stack.gateway import start_standalone  # noqa: E402
 from stack.pg import free_port  # noqa: E402
 from stack.services import VENV_BIN, stop_process, wait_http  # noqa: E402
 from testing.platform import Platform, train_champion  # noqa: E402
@@ -115,6 +121,33 @@ def run_wrk(wrk: str, name: str, url: str, script: str, duration: int, workdir: 
     errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
     return Result(name, d["requests"] / (d["duration_us"] / 1e6), d["p50_us"] / 1000, d["p99_us"] / 1000, errors,
                   d["requests"])
+
+
+@contextlib.contextmanager
+def slow_clients(port: int, path: str, n: int = 8):  # noqa: ANN201 - a context manager
+    """n connections that send headers and part of a body, then a byte every 2 s (under the gateway's body
+    timeout), held open for the whole block."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    for s in socks:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: 100000\r\n\r\n{{".encode())
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(2):
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.send(b" ")
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        for s in socks:
+            s.close()
 
 
 def check_ok(method: str, url: str, body: str | None = None, content_type: str = "application/json") -> None:
@@ -275,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         targets += [("live", base, lua_post(predict, live_bodies)),
                     ("invocations", base, lua_post("/invocations", inv_bodies)),
                     ("lookup", base, lua_get(prefix, n_ids))]
+        gw_port = free_port()
+        procs.append(start_standalone({MODEL: [f"127.0.0.1:{port}"]}, gw_port, root / "gateway", root / "gw.log"))
+        gw = f"http://127.0.0.1:{gw_port}"
+        check_ok("POST", gw + predict, live_bodies[0])
+        targets += [("gw-live", gw, lua_post(predict, live_bodies)), ("gw-lookup", gw, lua_get(prefix, n_ids)),
+                    ("gw-live-slow8", gw, lua_post(predict, live_bodies))]
         from scoring.registry import load_booster
 
         model_file = root / "reference-model.ubj"
@@ -294,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         all_errors: dict[str, int] = {}
         for rnd in range(1, args.rounds + 1):
             for name, url, script in targets:
-                r = run_wrk(wrk, name, url, script, args.duration, root)
+                held = slow_clients(gw_port, predict) if name.endswith("slow8") else contextlib.nullcontext()
+                with held:
+                    r = run_wrk(wrk, name, url, script, args.duration, root)
                 print(f"  round {rnd} {name:<12} {r.rps:>8.0f} req/s  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:7.2f} ms"
                       f"  errors {r.errors}", flush=True)
                 all_errors[name] = all_errors.get(name, 0) + r.errors
@@ -322,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference (the scorer behind the thinnest route, same gunicorn): floor-flask/mlflow="
               f"{flask_floor.rps / peer_rps:.1f}x, floor-wsgi/mlflow={wsgi_floor.rps / peer_rps:.1f}x; "
               f"live/floor-flask={live.rps / flask_floor.rps:.2f}")
+        gw_live, gw_lookup, slow = results["gw-live"], results["gw-lookup"], results["gw-live-slow8"]
+        print(f"gateway: live {gw_live.rps / live.rps:.2f}x direct, lookup {gw_lookup.rps / lookup.rps:.2f}x direct "
+              f"(target >= 0.8); with 8 slow clients open: errors={slow.errors} (target 0), p99 "
+              f"{slow.p99_ms:.1f} ms vs {gw_live.p99_ms:.1f} ms without (target within 20%)")
         print(f"online live_rps={live.rps:.0f} vs_mlflow={vs_mlflow:.1f}x lookup_rps={lookup.rps:.0f} "
               f"lookup_vs_ceiling={lookup_ratio:.2f} p99_ms={p99:.1f} errors={errors}")
         return 0
