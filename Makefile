@@ -72,3 +72,9 @@ bench-batch: venv
 .PHONY: bench-online
 bench-online: venv
 	$(PY) bench/online.py
+
+# Fault bench: its own platform; each fault (gunicorn worker kill, PostgreSQL restart, MLflow down while the alias
+# moves, async worker kill, batch kill, an analyst's long read during the swap) under wrk load on live and lookup.
+.PHONY: bench-faults
+bench-faults: venv
+	$(PY) bench/faults.py
