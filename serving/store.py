@@ -33,6 +33,9 @@ from scoring.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 
+_DOWN_HOLD_S = 1.0  # after a pool timeout, requests fail fast for this long before the pool is tried again
+
+
 class StoreUnavailable(RuntimeError):
     """The serving database cannot be reached (pool timeout or a broken connection)."""
 
@@ -68,6 +71,7 @@ class PredictionStore:
                  lock_timeout_ms: int | None = None) -> None:
         self.spec = spec
         self.timeout_s = timeout_s
+        self._down_until = 0.0  # monotonic time until which the database counts as unreachable
         self.latest_ttl_s = latest_ttl_s
         # Every serving query is bounded: one stuck behind a lock (a batch swap queued behind an analyst's long
         # read) or on a sick database fails fast as StoreUnavailable (503) instead of holding the worker.
@@ -120,10 +124,16 @@ class PredictionStore:
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection; an unreachable or unmigrated database surfaces as StoreUnavailable."""
+        if time.monotonic() < self._down_until:  # just found unreachable: answer at once, keep the worker free
+            raise StoreUnavailable(f"serving database unavailable: no connection within {self.timeout_s:g}s "
+                                   f"(retried every {_DOWN_HOLD_S:g}s)")
         try:
             with self.pool.connection(timeout=self.timeout_s) as conn:
                 yield conn
         except PoolTimeout as exc:
+            # Every request would wait timeout_s for the pool while the database is down, holding a sync
+            # worker (live predictions queue behind it): for a moment, the next ones fail fast instead.
+            self._down_until = time.monotonic() + _DOWN_HOLD_S
             raise StoreUnavailable(f"serving database unavailable: no connection within {self.timeout_s:g}s") from exc
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"serving database unavailable: {exc}".strip()) from exc

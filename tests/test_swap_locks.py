@@ -210,3 +210,23 @@ def test_make_up_postgres_is_durable_and_only_the_throwaway_one_is_not(db_url, p
                                      "('fsync', 'full_page_writes', 'synchronous_commit')").fetchall())
     assert settings == {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
     assert not pg_cluster.durable
+
+
+def test_an_unreachable_database_fails_fast_after_the_first_pool_timeout(specs):
+    """While the database is down, only the first request waits for the pool; the next ones answer at once
+    (a sync worker is not held for SERVING_DB_TIMEOUT_S per lookup while live predictions queue behind it)."""
+    from stack.pg import free_port
+
+    store = PredictionStore(specs["churn"], f"postgresql://postgres@127.0.0.1:{free_port()}/serving", min_size=0,
+                            max_size=1, timeout_s=0.5).open()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="no connection within 0.5s"):
+            store.document(1, dt.date(2026, 11, 1))
+        assert time.monotonic() - started >= 0.4
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="no connection within"):
+            store.document(1, dt.date(2026, 11, 1))
+        assert time.monotonic() - started < 0.1
+    finally:
+        store.close()
