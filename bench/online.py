@@ -2,7 +2,9 @@
 
 Side by side, in one run, under the same gunicorn settings (serving/gunicorn.conf.py, SERVING_* env):
   ceiling     bare Flask "hello" (testing/reference_apps.py)
-  mlflow      `mlflow models serve --workers 2 --env-manager local` on the same registered version (the peer)
+  mlflow      `mlflow models serve --workers 2 --env-manager local` on the same registered version (a peer)
+  mlserver    MLServer 1.7.1 + mlserver-xgboost on the same booster, OIP REST, parallel_workers 0, in a venv of
+              its own (a peer; settings and why in bench/peers/mlserver.py)
   live        POST /v1/models/churn/predict            (the platform's live predict, shared scorer)
   invocations POST /invocations                         (MLflow protocol on the platform)
   lookup      GET  /v1/models/churn/predictions/<id>    (precomputed batch predictions, PostgreSQL PK lookup)
@@ -15,7 +17,7 @@ By default it starts its own PostgreSQL, MLflow server and trained model (testin
 and removes them after;
 pass --database-url and --tracking-uri to use running services (the model must have a champion and the latest
 day must have precomputed predictions). Installs `wrk` with apt-get when missing. The last line is:
-  online live_rps=X vs_mlflow=Yx lookup_rps=Z lookup_vs_ceiling=W p99_ms=P errors=E
+  online live_rps=X vs_best_peer=Yx live_vs_floor_flask=F lookup_vs_ceiling=W p99_ms=P errors=E
 """
 
 from __future__ import annotations
@@ -237,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="round-robin rounds over the targets; each keeps its best run "
                              "(default %(default)s, BENCH_ROUNDS)")
     parser.add_argument("--skip-mlflow-serve", action="store_true", help="do not run the mlflow models serve peer")
+    parser.add_argument("--skip-mlserver", action="store_true", help="do not run the MLServer peer")
+    parser.add_argument("--mlserver-venv", type=Path, default=None,
+                        help="an existing venv with MLServer (default: the bench's own, "
+                             ".local/bench-venvs/mlserver, built from bench/peers/mlserver-requirements.txt)")
     args = parser.parse_args(argv)
 
     wrk = ensure_wrk()
@@ -325,6 +331,20 @@ def main(argv: list[str] | None = None) -> int:
             check_ok("POST", f"http://127.0.0.1:{port}/predict", live_bodies[0])
             targets.append((name, f"http://127.0.0.1:{port}", lua_post("/predict", live_bodies)))
 
+        if not args.skip_mlserver:  # the second peer: MLServer on the same booster, OIP REST, one row a request
+            from bench.peers import mlserver
+
+            exe = mlserver.ensure_venv(args.mlserver_venv)
+            ports = (free_port(), free_port(), free_port())
+            folder = mlserver.write_model_folder(root / "mlserver", load_booster(MODEL, version), MODEL, ports)
+            peer = mlserver.start(exe, folder, root / "mlserver.log")
+            procs.append(peer)
+            ml_url = f"http://127.0.0.1:{ports[0]}"
+            wait_http(f"{ml_url}/v2/models/{MODEL}/ready", 180, peer, "mlserver")
+            oip_bodies = mlserver.infer_bodies(matrix)
+            check_ok("POST", f"{ml_url}/v2/models/{MODEL}/infer", oip_bodies[0])
+            targets.append(("mlserver", ml_url, lua_post(f"/v2/models/{MODEL}/infer", oip_bodies)))
+
         if own_stack:
             # Every target has its model in memory now; the registry is on no request path. Our own tracking
             # server (and its background job consumers) would only compete for the 2 cores during the runs.
@@ -367,8 +387,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: live {gw_live.rps / live.rps:.2f}x direct, lookup {gw_lookup.rps / lookup.rps:.2f}x direct "
               f"(target >= 0.8); with 8 slow clients open: errors={slow.errors} (target 0), p99 "
               f"{slow.p99_ms:.1f} ms vs {gw_live.p99_ms:.1f} ms without (target within 20%)")
-        print(f"online live_rps={live.rps:.0f} vs_mlflow={vs_mlflow:.1f}x lookup_rps={lookup.rps:.0f} "
-              f"lookup_vs_ceiling={lookup_ratio:.2f} p99_ms={p99:.1f} errors={errors}")
+        peers = {k: results[k].rps for k in ("mlflow", "mlserver") if k in results}
+        best_peer = max(peers, key=peers.__getitem__) if peers else None
+        vs_best = live.rps / peers[best_peer] if best_peer else float("nan")
+        print("position: " + ", ".join(f"live/{k}={live.rps / v:.2f}x" for k, v in peers.items())
+              + f"; fastest peer {best_peer} ({peers.get(best_peer, float('nan')):.0f} req/s); "
+              f"live/floor-flask={live.rps / flask_floor.rps:.2f} live/floor-wsgi={live.rps / wsgi_floor.rps:.2f} "
+              f"live/ceiling={live.rps / ceiling.rps:.2f} lookup/ceiling={lookup_ratio:.2f}")
+        ok = vs_best >= 3 and live.rps >= 0.9 * flask_floor.rps and lookup_ratio >= 0.6 and p99 <= 30 and not errors
+        print(f"targets (live >= 3x the fastest peer, >= 0.9x floor-flask; lookup >= 0.6x ceiling; p99 <= 30 ms; "
+              f"0 errors): {'meets' if ok else 'MISSES'}")
+        print(f"online live_rps={live.rps:.0f} vs_best_peer={vs_best:.2f}x "
+              f"live_vs_floor_flask={live.rps / flask_floor.rps:.2f} lookup_vs_ceiling={lookup_ratio:.2f} "
+              f"p99_ms={p99:.1f} errors={errors}")
         return 0
     except Exception:
         for log in sorted(root.glob("gunicorn-*.log")):
