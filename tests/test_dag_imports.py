@@ -48,13 +48,20 @@ def parse_in_fresh_interpreters(*dag_files: Path) -> dict[str, dict]:
     return {parsed["file"]: parsed for parsed in found}
 
 
-def parse_in_fresh_interpreter(dag_file: Path) -> dict:
-    return parse_in_fresh_interpreters(dag_file)[str(dag_file)]
+# A DAG file that imports the scorer at the top: the probe must catch it (the check can fail).
+HEAVY_DAG = ("import datetime as dt\n\nfrom airflow.sdk import DAG\n\nimport scoring.scorer  # noqa: F401\n\n"
+             "with DAG(dag_id='heavy', schedule=None, start_date=dt.datetime(2026, 1, 1)) as dag:\n    pass\n")
 
 
 @pytest.fixture(scope="module")
-def parsed_dags() -> dict[str, dict]:
-    return parse_in_fresh_interpreters(*sorted(DAGS.glob("*.py")))
+def parsed_dags(tmp_path_factory) -> dict[str, dict]:
+    """Every file in dags/ plus the planted heavy one, parsed first: what it imports must not leak into the
+    processes that parse the real files after it."""
+    heavy = tmp_path_factory.mktemp("probe") / "heavy_dag.py"
+    heavy.write_text(HEAVY_DAG)
+    parsed = parse_in_fresh_interpreters(heavy, *sorted(DAGS.glob("*.py")))
+    parsed["heavy"] = parsed.pop(str(heavy))
+    return parsed
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DAGS.glob("*.py")))
@@ -65,11 +72,7 @@ def test_parsing_a_dag_file_imports_no_mlflow_xgboost_or_pandas(name, parsed_dag
     assert parsed["heavy"] == [], f"{name} imports {parsed['heavy']} at parse time"
 
 
-def test_the_probe_sees_a_heavy_import(tmp_path):
+def test_the_probe_sees_a_heavy_import(parsed_dags):
     """The check can fail: a DAG file importing the scorer at the top is caught."""
-    dag = tmp_path / "heavy_dag.py"
-    dag.write_text("import datetime as dt\n\nfrom airflow.sdk import DAG\n\nimport scoring.scorer  # noqa: F401\n\n"
-                   "with DAG(dag_id='heavy', schedule=None, start_date=dt.datetime(2026, 1, 1)) as dag:\n"
-                   "    pass\n")
-    parsed = parse_in_fresh_interpreter(dag)
+    parsed = parsed_dags["heavy"]
     assert parsed["dags"] == ["heavy"] and set(HEAVY) <= set(parsed["heavy"]), parsed
