@@ -181,7 +181,7 @@ def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
 
 def test_job_routes_are_in_the_openapi_document(client):
     doc = client.get("/openapi.json").json
-    assert doc["paths"]["/v1/models/{model}/jobs"]["post"]["security"] == [{"bearer": ["predict"]}]
+    assert doc["paths"]["/v1/models/{model}/jobs"]["post"]["security"] == [{"bearer": ["jobs"]}]  # its own scope
     assert {"get", "delete"} <= set(doc["paths"]["/v1/jobs/{job_id}"])
     assert doc["paths"]["/v1/jobs/{job_id}"]["get"]["tags"] == ["jobs"]
 

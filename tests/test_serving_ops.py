@@ -247,7 +247,7 @@ def test_db_down_auth_and_mlflow_going_away(mlflow_server, trained_models, tmp_p
 
         # MLflow goes away: polls fail, the loaded version keeps serving
         proxy.close()
-        info = wait_for(lambda: (i := requests.get(url + "/v1/models/churn", timeout=5).json())["reload"]
+        info = wait_for(lambda: (i := requests.get(url + "/v1/models/churn", headers=auth, timeout=5).json())["reload"]
                         ["last_error"] and i, 30, "a failed registry poll")
         assert info["loaded_version"] == trained_models["churn"]
         time.sleep(1.0)
