@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -28,10 +29,12 @@ pytestmark = pytest.mark.integration
 
 
 def _free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports (one per serving deployment)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and not any(port_in_use(base + i) for i in range(count)):
+    """The first of `count` consecutive free ports below Linux's ephemeral range (32768-60999), where no outgoing
+    connection of another program can take one between this check and the service's bind."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 32_000 - count)
+        if not any(port_in_use(base + i) for i in range(count)):
             return base
     raise RuntimeError("no run of free ports")
 
@@ -45,14 +48,16 @@ def home() -> Iterator[Path]:
 
 
 def _config(home: Path, components: frozenset[str]) -> StackConfig:
-    return StackConfig(home=home, pg_port=free_port(), mlflow_port=free_port(), serving_port=_free_ports(4),
-                       components=components)
+    base = _free_ports(12)  # the gateway's ports, then the replicas' (2 per model), all checked free
+    return StackConfig(home=home, pg_port=free_port(), mlflow_port=free_port(), serving_port=base,
+                       replica_port=base + 4, components=components)
 
 
 def _cli_env(cfg: StackConfig, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update({"STACK_HOME": str(cfg.home), "STACK_PG_PORT": str(cfg.pg_port),
                 "STACK_MLFLOW_PORT": str(cfg.mlflow_port), "STACK_SERVING_PORT": str(cfg.serving_port),
+                "STACK_REPLICA_PORT": str(cfg.replica_port),
                 "STACK_COMPONENTS": ",".join(sorted(cfg.components)), **extra})
     return env
 
