@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -28,25 +27,14 @@ import requests
 from scoring.batch import run_batch
 from stack.config import StackConfig
 from stack.gateway import access_log_path
-from stack.pg import port_in_use
 from stack.procs import alive, read_pid
 from stack.rolling import rolling_restart
 from stack.up import down, up
+from testing.ports import free_run
 
 pytestmark = pytest.mark.integration
 
 MODELS = ("churn", "spend")
-
-
-def _free_run(count: int) -> int:
-    """`count` consecutive free ports below Linux's ephemeral range (32768-60999), where no outgoing connection
-    of another program on this busy machine can take one between our check and gunicorn's bind."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 32_000 - count)
-        if not any(port_in_use(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no run of free ports")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +45,7 @@ def stack(db_url: str, mlflow_server: str, trained_models: dict[str, str], demo_
     home = Path(tempfile.mkdtemp(prefix="gateway-test-"))
     home.chmod(0o755)  # nginx's workers (nobody when run as root) write their temp files inside it
     cfg = StackConfig(home=home, external_db_url=db_url, mlflow_port=int(mlflow_server.rsplit(":", 1)[1]),
-                      serving_port=_free_run(1), replica_port=_free_run(4), replicas=2,
+                      serving_port=free_run(1), replica_port=free_run(4), replicas=2,
                       components=frozenset({"serving", "gateway"}))
     log: list[str] = []
     try:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -24,19 +23,9 @@ from stack.config import REPO, StackConfig
 from stack.pg import free_port, port_in_use
 from stack.procs import read_pid
 from stack.up import StackError, down, status_rows, up
+from testing.ports import free_run
 
 pytestmark = pytest.mark.integration
-
-
-def _free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports below Linux's ephemeral range (32768-60999), where no outgoing
-    connection of another program can take one between this check and the service's bind."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 32_000 - count)
-        if not any(port_in_use(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no run of free ports")
 
 
 @pytest.fixture()
@@ -48,7 +37,7 @@ def home() -> Iterator[Path]:
 
 
 def _config(home: Path, components: frozenset[str]) -> StackConfig:
-    base = _free_ports(12)  # the gateway's ports, then the replicas' (2 per model), all checked free
+    base = free_run(12)  # the gateway's ports, then the replicas' (2 per model), all checked free
     return StackConfig(home=home, pg_port=free_port(), mlflow_port=free_port(), serving_port=base,
                        replica_port=base + 4, components=components)
 
