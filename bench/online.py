@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scoring.settings import read  # noqa: E402
+from stack.debian import PackageError, ensure_binary  # noqa: E402
 from stack.gateway import start_standalone  # noqa: E402
 from stack.pg import free_port  # noqa: E402
 from stack.services import VENV_BIN, stop_process, wait_http  # noqa: E402
@@ -62,18 +62,10 @@ class Result:
 
 
 def ensure_wrk() -> str:
-    path = shutil.which("wrk")
-    if path:
-        return path
-    print("wrk not found: installing the Debian package with apt-get", flush=True)
-    install = ["apt-get", "install", "-y", "-q", "wrk"]
-    if subprocess.run(install, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=False)
-        subprocess.run(install, capture_output=True, check=True)
-    path = shutil.which("wrk")
-    if not path:
-        raise SystemExit("error: could not install wrk (apt-get install wrk)")
-    return path
+    try:
+        return ensure_binary("wrk", "wrk")
+    except PackageError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 _DONE = """

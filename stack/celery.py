@@ -21,6 +21,7 @@ from pathlib import Path
 
 from stack.catalogue import Service, airflow_env
 from stack.config import StackConfig
+from stack.debian import PackageError, ensure_binary
 
 VENV_BIN = Path(sys.executable).parent
 WORKERS = 2
@@ -52,22 +53,10 @@ def celery_env(cfg: StackConfig) -> dict[str, str]:
 
 def ensure_redis() -> str:
     """redis-server; installs the Debian package with apt-get when it is missing."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    if shutil.which("apt-get") is None:
-        raise CeleryStackError("redis-server not found and no apt-get to install it: install redis-server")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]
-    if subprocess.run(install, capture_output=True, env=env, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, check=False)
-        result = subprocess.run(install, capture_output=True, env=env, text=True, check=False)
-        if result.returncode != 0:
-            raise CeleryStackError(f"`apt-get install redis-server` failed: {result.stderr[-500:]}")
-    found = shutil.which("redis-server")
-    if not found:
-        raise CeleryStackError("redis-server installed but not found on PATH")
-    return found
+    try:
+        return ensure_binary("redis-server", "redis-server")
+    except PackageError as exc:
+        raise CeleryStackError(str(exc)) from exc
 
 
 def redis_probe(cfg: StackConfig):  # noqa: ANN201 - a catalogue Probe

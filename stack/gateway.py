@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stack.config import StackConfig
+from stack.debian import PackageError, ensure_binary
 
 CONF_NAME = "nginx.conf"
 # What a model name must look like to be put in a location (models.yaml names are identifiers anyway).
@@ -252,23 +252,10 @@ http {{
 
 def ensure_nginx() -> str:
     """The nginx binary; installs the Debian package nginx-light with apt-get when it is missing."""
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
-                                            if os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx-light"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if shutil.which("apt-get") is None:
-        raise GatewayError("nginx not found and no apt-get to install it: install nginx (or nginx-light)")
-    if subprocess.run(install, capture_output=True, env=env, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, check=False)
-        result = subprocess.run(install, capture_output=True, env=env, text=True, check=False)
-        if result.returncode != 0:
-            raise GatewayError(f"nginx not found and `apt-get install nginx-light` failed: {result.stderr[-500:]}")
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if not found:
-        raise GatewayError("nginx-light installed but no nginx binary found")
-    return found
+    try:
+        return ensure_binary("nginx", "nginx-light", extra_paths=("/usr/sbin/nginx", "/usr/local/sbin/nginx"))
+    except PackageError as exc:
+        raise GatewayError(str(exc)) from exc
 
 
 def config_path(cfg: StackConfig) -> Path:

@@ -93,7 +93,7 @@ def test_a_clean_day_passes(days, db_url, specs, logs):
 def test_a_drifted_day_alerts_on_exactly_the_drifted_feature(days, db_url, specs, logs, tmp_path):
     from mlflow import MlflowClient
 
-    from scoring.monitoring.screenshot import screenshot
+    from testing.screenshot import screenshot
 
     dr, states = run(DRIFT)
     assert str(dr.state) == "failed" and states == {"monitor": "success", "alert": "failed"}, states

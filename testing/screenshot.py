@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from stack.debian import PackageError, ensure_binary
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -20,16 +22,10 @@ def ensure_chromium() -> str:
     for name in CANDIDATES:
         if path := shutil.which(name):
             return path
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-    if subprocess.run(install, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=False)
-        done = subprocess.run(install, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ScreenshotError(f"could not install chromium (apt-get install chromium): {done.stderr[-500:]}")
-    path = shutil.which("chromium")
-    if not path:
-        raise ScreenshotError("apt-get installed chromium but no `chromium` binary is on PATH")
-    return path
+    try:
+        return ensure_binary("chromium", "chromium")
+    except PackageError as exc:
+        raise ScreenshotError(str(exc)) from exc
 
 
 def screenshot(page: Path, out: Path, width: int = 1200, height: int = 2400, timeout: float = 120) -> Path:
