@@ -160,6 +160,17 @@ _VARS: tuple[Var, ...] = (
     _v("SERVING_DB_LOCK_TIMEOUT_MS", "int", "500",
        "lock_timeout of serving connections (a lookup queued behind a table lock answers 503 after this).",
        ("serving",), group=_SERVING, positive=True),
+    _v("SERVING_PAYLOAD_SAMPLE_RATE", "float", "0.1",
+       "Share of live requests whose rows and predictions are logged to `ops.online_payloads` for the monitor "
+       "(0 = off, 1 = every request). Written in the background; never slows or fails a request.", ("serving",),
+       group=_SERVING, low=0, high=1),
+    _v("SERVING_PAYLOAD_BUFFER_ROWS", "int", "20000",
+       "Rows each worker holds for the payload writer; past it, sampled rows are dropped and counted "
+       "(`serving_payload_rows_total{outcome=\"dropped_buffer_full\"}`), never waited for.", ("serving",),
+       group=_SERVING, low=1),
+    _v("SERVING_PAYLOAD_FLUSH_S", "float", "1",
+       "How often the payload writer writes what it holds (one COPY per flush, sooner when a quarter of the "
+       "buffer is full).", ("serving",), group=_SERVING, positive=True),
     _v("PROMETHEUS_MULTIPROC_DIR", "path", None,
        "Where every gunicorn worker writes its metric samples (`/metrics` merges them); emptied at start.",
        ("serving", "gunicorn"), group=_SERVING, third_party="prometheus_client",
@@ -235,6 +246,9 @@ _VARS: tuple[Var, ...] = (
     _v("QUEUE_RETENTION_HOURS", "int", "168",
        "Default `retention_hours` of the `queue_maintenance` DAG (finished jobs older than this are deleted).",
        ("airflow",), group=_BATCH, low=0),
+    _v("PAYLOAD_RETENTION_DAYS", "int", "30",
+       "Days of `ops.online_payloads` kept; the `queue_maintenance` DAG drops older day partitions.", ("airflow",),
+       group=_BATCH, low=1),
     _v("AIRFLOW_CONN_SERVING_DB", "url", None,
        "Airflow connection `serving_db` (the serving database) used by the task bodies.", ("airflow",),
        group=_BATCH, third_party="Airflow", default_doc="DATABASE_URL (set by `make up` and docker-compose)"),

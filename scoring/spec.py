@@ -103,6 +103,11 @@ class MonitoringConfig:
     score_psi_day        PSI of the day's scores against the previous predicted day's
     metric_degradation   relative loss of the realised metric against the held-out one, once labels are in
     label_lookback_days  how many earlier days get their realised metric computed once their labels arrive
+    online_min_rows      logged online rows (ops.online_payloads) a day needs before its online drift is judged;
+                         fewer are reported, not judged (a PSI over a handful of rows is noise)
+
+    The online traffic's checks (online.psi.<feature>, online.null_rate_increase.<feature>,
+    online.score_psi.holdout) use the same limits as the batch day's.
     """
 
     feature_psi: Threshold = Threshold(0.1, 0.25)
@@ -113,6 +118,7 @@ class MonitoringConfig:
     score_psi_day: Threshold = Threshold(0.1, 0.25)
     metric_degradation: Threshold = Threshold(0.05, 0.1)
     label_lookback_days: int = 7
+    online_min_rows: int = 500
 
 
 MONITORING_THRESHOLDS = ("feature_psi", "null_rate_increase", "reject_rate", "row_count_change", "score_psi",
@@ -281,7 +287,8 @@ def _parse_monitoring(model: str, raw: Any) -> MonitoringConfig:
     defaults = MonitoringConfig()
     if raw is None:
         return defaults
-    raw = _check_keys(model, "monitoring", raw, {*MONITORING_THRESHOLDS, "label_lookback_days"})
+    counts = ("label_lookback_days", "online_min_rows")
+    raw = _check_keys(model, "monitoring", raw, {*MONITORING_THRESHOLDS, *counts})
     values: dict[str, Any] = {}
     for key in MONITORING_THRESHOLDS:
         if key not in raw:
@@ -296,13 +303,13 @@ def _parse_monitoring(model: str, raw: Any) -> MonitoringConfig:
         if warn > alert:
             raise _fail(model, where, f"warn ({warn:g}) must not be above alert ({alert:g})")
         values[key] = Threshold(float(warn), float(alert))
-    if "label_lookback_days" in raw:
-        lookback = raw["label_lookback_days"]
-        if isinstance(lookback, bool) or not isinstance(lookback, int) or lookback < 0:
-            raise _fail(model, "monitoring.label_lookback_days", f"must be an integer >= 0, got {lookback!r}")
-        values["label_lookback_days"] = lookback
-    return MonitoringConfig(**{**{k: getattr(defaults, k) for k in (*MONITORING_THRESHOLDS, "label_lookback_days")},
-                               **values})
+    for key in counts:
+        if key in raw:
+            count = raw[key]
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise _fail(model, f"monitoring.{key}", f"must be an integer >= 0, got {count!r}")
+            values[key] = count
+    return MonitoringConfig(**{**{k: getattr(defaults, k) for k in (*MONITORING_THRESHOLDS, *counts)}, **values})
 
 
 def _parse_model(name: str, raw: Any) -> ModelSpec:

@@ -38,6 +38,9 @@ class Settings:
     db_timeout_s: float = setting("SERVING_DB_TIMEOUT_S")  # pool wait / connect timeout: a down DB answers 503 fast
     latest_ttl_s: float = setting("SERVING_LATEST_TTL_S")  # cache of the latest complete prediction date
     database_url: str = setting("DATABASE_URL")
+    payload_sample_rate: float = setting("SERVING_PAYLOAD_SAMPLE_RATE")  # 0 = payload logging off
+    payload_buffer_rows: int = setting("SERVING_PAYLOAD_BUFFER_ROWS")
+    payload_flush_s: float = setting("SERVING_PAYLOAD_FLUSH_S")
 
     @classmethod
     def from_env(cls, model: str | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from flask import current_app
+from flask import current_app, request
 
 from scoring import job_queue
 from scoring.encoding import InputError, encode
@@ -25,7 +26,9 @@ from serving.auth import current_client
 from serving.config import Settings
 from serving.errors import ApiError, input_error_status
 from serving.metrics import ROWS
+from serving.middleware import REQUEST_ID_KEY
 from serving.model_holder import ModelHolder
+from serving.payload_log import PayloadLog, Sampled
 from serving.store import Precomputed, Store, StoreUnavailable
 
 EXTENSION_KEY = "serving"
@@ -33,11 +36,13 @@ FALLBACKS = ("live", "precomputed")
 
 
 class DataPlane:
-    def __init__(self, spec: ModelSpec, settings: Settings, holder: ModelHolder, store: Store) -> None:
+    def __init__(self, spec: ModelSpec, settings: Settings, holder: ModelHolder, store: Store,
+                 payloads: PayloadLog | None = None) -> None:
         self.spec = spec
         self.settings = settings
         self.holder = holder
         self.store = store
+        self.payloads = payloads  # the sampled payload log of live scoring (None: off)
         self.entity_key = spec.source.entity_key
         self.max_rows = settings.max_rows
         self.job_max_records = settings.job_max_records
@@ -65,7 +70,16 @@ class DataPlane:
 
     # ------------------------------------------------------------ scoring
 
-    def predict_encoded(self, n_rows: int, matrix: Callable[[Scorer], np.ndarray], *,
+    def _score(self, scorer: Scorer, matrix: np.ndarray, route: str, ids: list[Any] | None = None) -> Predictions:
+        """Every live prediction goes through here: score, and hand a sample to the payload log (no I/O here)."""
+        preds = scorer.predict_matrix(matrix)
+        payloads = self.payloads
+        if payloads is not None and payloads.sampled():
+            payloads.offer(Sampled(time.time(), scorer.version, route, request.environ.get(REQUEST_ID_KEY), matrix,
+                                   preds, ids))
+        return preds
+
+    def predict_encoded(self, n_rows: int, matrix: Callable[[Scorer], np.ndarray], *, route: str,
                         version: str | None = None) -> tuple[Scorer, Predictions]:
         """Score a protocol's input, encoded by `matrix(scorer)` once the row limit and the model are known."""
         self.check_rows(n_rows)
@@ -73,7 +87,7 @@ class DataPlane:
         if version is not None and version != scorer.version:
             raise ApiError(404, "unknown_version", f"model '{self.spec.name}' version {version} is not loaded "
                                                    f"(loaded: {scorer.version})")
-        preds = scorer.predict_matrix(matrix(scorer))
+        preds = self._score(scorer, matrix(scorer), route)
         self._rows_live.inc(len(preds))
         return scorer, preds
 
@@ -90,7 +104,7 @@ class DataPlane:
             if cached:
                 return self._cache_first(features, ids, cached)
         scorer = self.scorer()
-        items = scorer.score(features).records()
+        items = self._score(scorer, scorer.encode(features).matrix, "v1", ids).records()
         if fallback == "precomputed" or (ids is not None and any(e is not None for e in ids)):
             for item, e in zip(items, ids or [None] * len(items), strict=True):
                 item["source"] = "live"
@@ -113,7 +127,8 @@ class DataPlane:
         if miss_rows:
             scorer = self.scorer()
             version = scorer.version
-            live = scorer.score([features[i] for i in miss_rows]).records()
+            live = self._score(scorer, scorer.encode([features[i] for i in miss_rows]).matrix, "v1",
+                               [ids[i] for i in miss_rows]).records()
             for i, item in zip(miss_rows, live, strict=True):
                 results[i] = {**item, "source": "live", "model_version": version}
         self._rows_precomputed.inc(len(ids) - len(miss_rows))
@@ -163,7 +178,7 @@ class DataPlane:
                            f"no precomputed prediction and no features for {key}={entity_id}", column=key)
         features_date, record = row
         scorer = self.scorer()
-        item = scorer.score([record]).records()[0]
+        item = self._score(scorer, scorer.encode([record]).matrix, "lookup", [entity_id]).records()[0]
         self._rows_live.inc()
         return {"model": self.spec.name, "entity_key": key, "entity_id": entity_id, **item,
                 "model_version": scorer.version, "features_date": features_date.isoformat(), "source": "live"}

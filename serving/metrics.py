@@ -29,6 +29,9 @@ ROWS = Counter("serving_predicted_rows_total", "Rows answered, by source (live o
 MODEL_VERSION = Gauge("serving_model_version", "Model version loaded in each worker (0 = none)", ["model"],
                       multiprocess_mode="liveall")
 RELOADS = Counter("serving_model_reloads_total", "Model versions swapped in after the first load", ["model"])
+PAYLOAD_ROWS = Counter("serving_payload_rows_total",
+                       "Sampled live rows for the payload log, by outcome (logged, dropped_buffer_full, "
+                       "dropped_write_failed)", ["model", "outcome"])
 REFUSED = Counter("serving_model_refused_total", "Model versions refused (failed to load or smoke-score)",
                   ["model"])
 

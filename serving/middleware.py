@@ -18,6 +18,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 _REQUEST_KEY = "serving.request"
+REQUEST_ID_KEY = "serving.request_id"  # the request's id in the WSGI environ (read by the payload log)
 
 
 class TelemetryRequest(Request):
@@ -45,6 +46,7 @@ class RequestTelemetry:
         incoming = environ.get("HTTP_X_REQUEST_ID")
         # A caller's id is kept (to follow a request across services) only if it is safe to log and echo.
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        environ[REQUEST_ID_KEY] = request_id
         status = "500"
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:

@@ -130,3 +130,33 @@ def test_a_drifted_day_alerts_on_exactly_the_drifted_feature(days, db_url, specs
     run(DRIFT)
     assert len(mc.search_runs([experiment.experiment_id], f"tags.monitor_date = '{DRIFT}'")) == 1
     assert set(checks(db_url, DRIFT)) == set(found)
+
+
+def test_online_traffic_is_in_the_drift_checks(days, db_url, specs, trained_models):
+    """A clean batch day whose logged live traffic (ops.online_payloads, written by the serving payload log)
+    carries the planted drift: the monitor alerts on exactly the online check of the drifted feature."""
+    from scoring.encoding import encode
+    from scoring.scorer import Scorer
+    from serving.payload_log import PayloadLog, Sampled
+
+    spec = specs["churn"]
+    scorer = Scorer.from_registry(spec, trained_models["churn"])
+    live = generate_day(CLEAN, 1_000, seed=11, drift_from=CLEAN)  # other customers, drifted, seen online
+    matrix = encode(spec, live[spec.feature_names]).matrix
+    at = dt.datetime(CLEAN.year, CLEAN.month, CLEAN.day, 15, tzinfo=dt.UTC).timestamp()
+    plog = PayloadLog(spec, db_url, rate=1.0, capacity_rows=10_000)
+    assert plog.offer(Sampled(at, scorer.version, "v1", "test-online", matrix, scorer.predict_matrix(matrix), None))
+    assert plog.flush()
+    try:
+        dr, states = run(CLEAN)
+        assert states == {"monitor": "success", "alert": "failed"}, states
+        found = checks(db_url, CLEAN)
+        assert found["online.rows"][0] == 1_000
+        alerted = {name for name, (_, _, status) in found.items() if status == "alert"}
+        assert alerted == {f"online.psi.{DRIFT_FEATURE}"}  # the batch day itself is clean
+        assert {f"online.psi.{f}" for f in spec.feature_names} <= set(found)
+        assert found["online.score_psi.holdout"][2] in ("ok", "warn")
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM ops.online_payloads WHERE model_name = 'churn' AND log_date = %s", (CLEAN,))
+        run(CLEAN)  # the day's rows back to the batch's own

@@ -111,3 +111,30 @@ def test_the_batch_role_runs_a_whole_batch_and_serving_reads_it(roles: str, demo
         n = conn.execute("SELECT count(*) FROM predictions.churn WHERE prediction_date = %s", (day,)).fetchone()[0]
     assert n == result.rows_scored
     assert denied(as_role(roles, BATCH), "SELECT count(*) FROM ops.schema_migrations")
+
+
+def test_the_payload_log_serving_writes_is_read_and_pruned_by_batch_only(roles: str, specs) -> None:
+    from dataclasses import replace
+
+    from serving.payload_log import PayloadLog
+    from tests.test_payload_log import ROW, sampled
+
+    spec = replace(specs["churn"], name=f"t_{uuid.uuid4().hex[:10]}")
+    serving = as_role(roles, SERVING)
+    at = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC).timestamp()  # a day of its own: its partition is made here
+    plog = PayloadLog(spec, serving, rate=1.0, capacity_rows=10)
+    plog.offer(sampled([ROW, ROW], at=at))
+    assert plog.flush() and plog.logged == 2  # as the serving role: partition on first need, then COPY
+    plog.close()
+    assert denied(serving, "SELECT count(*) FROM ops.online_payloads")  # serving writes, it does not read back
+    assert denied(serving, "SELECT ops.drop_online_payloads_before('2030-01-01')")
+    assert denied(serving, "DROP TABLE ops.online_payloads_p20260601")
+    batch = as_role(roles, BATCH)
+    with psycopg.connect(batch) as conn:  # the monitor reads it; retention drops whole days
+        assert conn.execute("SELECT count(*) FROM ops.online_payloads WHERE model_name = %s",
+                            (spec.name,)).fetchone()[0] == 2
+        dropped = [r[0] for r in conn.execute("SELECT ops.drop_online_payloads_before('2026-06-02')").fetchall()]
+    assert "ops.online_payloads_p20260601" in dropped
+    assert denied(batch, "INSERT INTO ops.online_payloads (model_name, log_date, logged_at, route, features, score) "
+                         "VALUES ('x', '2026-06-03', now(), 'v1', '{}', 0)")
+    assert denied(as_role(roles, WORKER), "SELECT ops.ensure_online_payload_partition('2026-06-04')")

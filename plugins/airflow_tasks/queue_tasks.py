@@ -1,5 +1,6 @@
 """The bodies of the `queue_maintenance` DAG's tasks: retention of finished async jobs and expired leases, over
-`scoring.job_queue` (imported inside the tasks, like the other task bodies, so that DAG parsing stays light)."""
+`scoring.job_queue` (imported inside the tasks, like the other task bodies, so that DAG parsing stays light), and
+retention of the online payload log (ops.online_payloads, one partition per day)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ log = logging.getLogger(__name__)
 def queue_params() -> dict[str, Param]:
     """Run parameters of the maintenance DAG; the retention default comes from QUEUE_RETENTION_HOURS."""
     return {"retention_hours": Param(settings.read("QUEUE_RETENTION_HOURS"), type="integer", minimum=0,
-                                     description="delete finished jobs older than this many hours")}
+                                     description="delete finished jobs older than this many hours"),
+            "payload_retention_days": Param(settings.read("PAYLOAD_RETENTION_DAYS"), type="integer", minimum=1,
+                                            description="drop the online payload log's days older than this")}
 
 
 def purge_finished_jobs(context: Mapping[str, Any]) -> int:
@@ -42,3 +45,15 @@ def reclaim_expired_leases() -> dict[str, int]:
         requeued, failed = job_queue.reclaim_expired(conn)
     log.info("expired leases: %d job(s) requeued, %d out of attempts -> failed", requeued, failed)
     return {"requeued": requeued, "failed": failed}
+
+
+def drop_old_payloads(context: Mapping[str, Any], today: dt.date | None = None) -> list[str]:
+    """Drop the online payload log's day partitions older than `payload_retention_days` (UTC days)."""
+    days = int(context["params"]["payload_retention_days"])
+    before = (today or dt.datetime.now(dt.UTC).date()) - dt.timedelta(days=days)
+    with serving_db_connection() as conn:
+        dropped = [r[0] for r in conn.execute("SELECT ops.drop_online_payloads_before(%s)", (before,)).fetchall()]
+        conn.commit()
+    log.info("online payload log: dropped %d day partition(s) before %s: %s", len(dropped), before,
+             ", ".join(dropped) or "none")
+    return dropped

@@ -8,6 +8,9 @@ Checks of a day (names as in ops.monitoring_checks; limits from models.yaml `mon
   realised_<metric>, metric_degradation                    once labels are in (this day and up to
                                                            label_lookback_days earlier days still without one)
   challenger.*                                             champion against the challenger in shadow
+  online.rows, online.psi.<feature>,                       the day's logged live traffic (ops.online_payloads)
+  online.null_rate_increase.<feature>, online.score_psi.holdout   against the training window, judged once
+                                                           the day has online_min_rows logged rows
 """
 
 from __future__ import annotations
@@ -133,7 +136,38 @@ def gather_checks(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, refer
             checks.append(judge("score_psi.previous_day", histogram_psi(before.histogram, scores.histogram),
                                 limits.score_psi_day, f"against {previous.day}"))
     report.holdout_metric = reference.holdout_metric
+    checks += online_checks(conn, spec, day, reference, run.version, report)
     return checks, report
+
+
+def online_checks(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, reference: ReferenceProfile,
+                  version: int, report: ReportData) -> list[CheckResult]:
+    """The day's sampled live traffic (serving/payload_log.py) against the training window: the same drift
+    checks as the batch day's, prefixed `online.`; reported but not judged below online_min_rows rows."""
+    limits = spec.monitoring
+    today = collect.online_feature_histograms(conn, spec, day, reference)
+    rows = max((hist.rows for hist in today.values()), default=0)
+    if rows < limits.online_min_rows:
+        if rows:
+            report.notes.append(f"online traffic: {rows} logged rows on {day}, fewer than online_min_rows "
+                                f"({limits.online_min_rows}): not judged")
+        return [judge("online.rows", rows, None, f"logged live rows; below online_min_rows "
+                                                 f"({limits.online_min_rows}): drift not judged")]
+    out = [judge("online.rows", rows, None, "logged live rows (ops.online_payloads)")]
+    for name, hist in today.items():
+        ref = reference.features[name]
+        out.append(judge(f"online.psi.{name}", histogram_psi(ref, hist), limits.feature_psi,
+                         f"{hist.non_null} logged live values"))
+        out.append(judge(f"online.null_rate_increase.{name}", hist.null_rate - ref.null_rate,
+                         limits.null_rate_increase,
+                         f"{hist.null_rate:.2%} online, {ref.null_rate:.2%} in the training window"))
+    scores = collect.online_score_summary(conn, spec.name, day, version, reference.score.bins)
+    if scores is not None:
+        out.append(judge("online.score_psi.holdout", histogram_psi(reference.score, scores.histogram),
+                         limits.score_psi, f"{scores.rows} live scores of version {version} against the held-out "
+                                           "scores at training time"))
+    report.notes.append(f"online traffic: {rows} logged live rows on {day}; their checks are prefixed 'online.'")
+    return out
 
 
 def _references(loader):

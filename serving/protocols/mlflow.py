@@ -165,7 +165,8 @@ def invocations() -> Response:
             exc.message = f"Failed to predict data '{data}'. \nError: {exc.message}"
             raise
     # MLflow ignores columns the signature does not name; so do we here (not on the platform's own API).
-    _, preds = dp.predict_encoded(len(inputs), lambda scorer: scorer.encode(inputs, allow_extra=True).matrix)
+    _, preds = dp.predict_encoded(len(inputs), lambda scorer: scorer.encode(inputs, allow_extra=True).matrix,
+                                  route="mlflow")
     values = preds.values()
     return Response(json.dumps({"predictions": values.tolist()}), status=200, mimetype="application/json")
 

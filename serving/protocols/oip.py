@@ -256,7 +256,8 @@ def infer(model: str, version: str | None = None) -> Response:
     spec = plane().spec
     doc, binary = _read_request()
     columns, n_rows = _columns(spec, doc, binary)
-    scorer, preds = plane().predict_encoded(n_rows, lambda _: encode_columns(spec, columns).matrix, version=version)
+    scorer, preds = plane().predict_encoded(n_rows, lambda _: encode_columns(spec, columns).matrix, route="oip",
+                                            version=version)
     produced = {"score": preds.scores, "label": preds.labels} if spec.is_classifier else {"prediction": preds.scores}
     dtypes = {"score": ("FP32", np.float32), "label": ("INT64", np.int64), "prediction": ("FP32", np.float32)}
     wanted = doc.get("outputs")
