@@ -166,8 +166,9 @@ Submitted = tuple[Job, bool]  # (the job, created): created=False when its idemp
 
 def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
                 ) -> list[Submitted | IdempotencyConflict]:
-    """Queue many jobs inside the CALLER's transaction (no commit here): one multi-row INSERT, one lookup of the
-    keys that already existed, one NOTIFY. Returns, per job in order, (job, created) or the IdempotencyConflict
+    """Queue many jobs inside the caller's transaction (on an autocommit connection each statement commits on its
+    own): one multi-row INSERT that also sends the NOTIFY, and one lookup of the keys that already existed, only
+    when some did. Returns, per job in order, (job, created) or the IdempotencyConflict
     of a key reused with different records (the caller decides whether that aborts the others).
 
     A key seen twice in `jobs` (a client's retry racing its first try) makes one job; both get it back.
@@ -197,31 +198,35 @@ def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
     todo = list(range(len(jobs)))
     for _round in range(3):  # a key's row deleted by retention between the two statements: insert it again
         with conn.cursor(row_factory=dict_row) as cur:
+            # One statement (one round trip): the insert, and the NOTIFY that wakes idle workers, sent once
+            # when anything was inserted; on an autocommit connection it also commits.
             cur.execute(
-                f"""INSERT INTO {TABLE} (id, model_name, payload, n_records, max_attempts, idempotency_key,
-                                         callback_url, owner, expires_at, payload_bytes)
-                    SELECT v.id, %s, v.payload::jsonb, jsonb_array_length(v.payload::jsonb), v.attempts, v.key,
-                           v.callback, v.owner, now() + make_interval(secs => v.ttl), v.bytes
-                    FROM unnest(%s::uuid[], %b::text[], %s::int[], %s::text[], %s::text[], %s::text[],
-                                %s::float8[], %s::int[]) WITH ORDINALITY
-                         AS v(id, payload, attempts, key, callback, owner, ttl, bytes, ord)
-                    ORDER BY v.ord
-                    ON CONFLICT (model_name, owner, idempotency_key) DO NOTHING RETURNING {_JOB_COLUMNS}""",
-                (model, [ids[i] for i in todo], [payloads[i] for i in todo], [attempts[i] for i in todo],
+                f"""WITH ins AS (
+                        INSERT INTO {TABLE} (id, model_name, payload, n_records, max_attempts, idempotency_key,
+                                             callback_url, owner, expires_at, payload_bytes)
+                        SELECT v.id, %s, v.payload::json, v.n, v.attempts, v.key,
+                               v.callback, v.owner, now() + make_interval(secs => v.ttl), v.bytes
+                        FROM unnest(%s::uuid[], %b::text[], %s::int[], %s::int[], %s::text[], %s::text[], %s::text[],
+                                    %s::float8[], %s::int[]) WITH ORDINALITY
+                             AS v(id, payload, n, attempts, key, callback, owner, ttl, bytes, ord)
+                        ORDER BY v.ord
+                        ON CONFLICT (model_name, owner, idempotency_key) DO NOTHING RETURNING {_JOB_COLUMNS}),
+                    notified AS MATERIALIZED (SELECT pg_notify(%s, '') FROM (SELECT FROM ins LIMIT 1) one)
+                    SELECT ins.* FROM ins LEFT JOIN notified ON true""",
+                (model, [ids[i] for i in todo], [payloads[i] for i in todo], [len(jobs[i].records) for i in todo],
+                 [attempts[i] for i in todo],
                  [keys[i] for i in todo], [callbacks[i] for i in todo], [owners[i] for i in todo],
-                 [ttls[i] for i in todo], [sizes[i] for i in todo]))
+                 [ttls[i] for i in todo], [sizes[i] for i in todo], channel(model)))
             created = {row["id"]: row for row in cur.fetchall()}
             for i in todo:
                 if ids[i] in created:
                     out[i] = (_job(created[ids[i]]), True)
-            if created:
-                cur.execute("SELECT pg_notify(%s, '')", (channel(model),))
             todo = rest = [i for i in todo if out[i] is None]  # keys that existed (or came earlier in this insert)
             if not rest:
                 break
             # One lookup for every key that existed; payload equality decides replay vs conflict.
             cur.execute(
-                f"""SELECT {_JOB_COLUMNS}, j.payload = v.k_payload::jsonb AS same, v.ord
+                f"""SELECT {_JOB_COLUMNS}, j.payload::jsonb = v.k_payload::jsonb AS same, v.ord
                     FROM unnest(%s::text[], %s::text[], %b::text[]) WITH ORDINALITY
                          AS v(k_owner, k_key, k_payload, ord)
                     JOIN {TABLE} j ON j.model_name = %s AND j.owner = v.k_owner AND j.idempotency_key = v.k_key""",
@@ -245,8 +250,13 @@ def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
 
 def submit_many(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob], *, atomic: bool = False
                 ) -> list[Submitted | IdempotencyConflict]:
-    """`insert_jobs` in a transaction of its own. Commits. With atomic=True a conflicting key refuses the whole
-    request (IdempotencyConflict raised, nothing queued): a bulk submit is accepted whole or not at all."""
+    """`insert_jobs`, committed. With atomic=True, in a transaction of its own where a conflicting key refuses the
+    whole request (IdempotencyConflict raised, nothing queued): a bulk submit is accepted whole or not at all.
+    Otherwise, on an autocommit connection (the serving pool's), without BEGIN/COMMIT round trips: the insert
+    statement commits itself, so a group of new jobs costs one round trip; each job is final on its own either
+    way (a key that existed is answered from the second statement)."""
+    if not atomic and conn.autocommit:  # each statement commits on its own: a group is one round trip
+        return insert_jobs(conn, model, jobs)
     with conn.transaction():
         results = insert_jobs(conn, model, jobs)
         conflict = next((r for r in results if isinstance(r, IdempotencyConflict)), None)
@@ -489,7 +499,7 @@ def write_outcomes(conn: psycopg.Connection, worker_id: str, model_version: str,
         if good:
             cur = conn.execute(
                 f"""UPDATE {TABLE} j
-                    SET status = 'done', result = v.result::jsonb, model_version = %s, finished_at = now(),
+                    SET status = 'done', result = v.result::json, model_version = %s, finished_at = now(),
                         lease_expires_at = NULL, result_writes = j.result_writes + 1
                     FROM unnest(%s::uuid[], %b::text[], %s::int[]) AS v(id, result, attempts)
                     WHERE j.id = v.id AND j.status = 'running' AND j.worker_id = %s AND j.attempts = v.attempts""",

@@ -225,6 +225,10 @@ _VARS: tuple[Var, ...] = (
        ("worker",), group=_WORKER, low=1),
     _v("WORKER_IDLE_POLL_S", "float", "2", "Polling fallback when no NOTIFY wakes an idle worker.", ("worker",),
        group=_WORKER, positive=True),
+    _v("WORKER_LINGER_MS", "float", "10",
+       "After a claim smaller than WORKER_BATCH_SIZE (or a wake-up by a submit), wait this long before claiming "
+       "again, so that a trickle of one-job submits is claimed and written in batches (adds at most this to a "
+       "job's latency; 0 = claim at once).", ("worker",), group=_WORKER, low=0),
     _v("WORKER_RETRY_BACKOFF_S", "float", "1", "Backoff before a failed job is retried.", ("worker",),
        group=_WORKER, low=0),
     _v("WORKER_LOG_LEVEL", "choice", "info", "The worker's log level.", ("worker",), group=_WORKER,

@@ -18,7 +18,8 @@ empty, sleep on LISTEN/NOTIFY (woken by submits) with a polling fallback. Run as
 
 Settings (env): SERVING_MODEL, SERVING_MODEL_REF, SERVING_POLL_INTERVAL_S, SERVING_BOOSTER_THREADS, DATABASE_URL
 (shared with the online app), WORKER_BATCH_SIZE (256 jobs), WORKER_MAX_BATCH_RECORDS (50000),
-WORKER_LEASE_S (30), WORKER_MAX_CLAIM_BYTES (32 MiB), WORKER_IDLE_POLL_S (2), WORKER_RETRY_BACKOFF_S (1).
+WORKER_LEASE_S (30), WORKER_MAX_CLAIM_BYTES (32 MiB), WORKER_IDLE_POLL_S (2), WORKER_RETRY_BACKOFF_S (1),
+WORKER_LINGER_MS (10: after a claim that was not full, a short wait so that one-by-one submits are claimed together).
 
 Tests inject faults by handing in `wrap_scorer` (see testing/faulty_worker.py); nothing here reads a fault switch.
 """
@@ -61,6 +62,7 @@ class WorkerSettings:
     lease_s: float = setting("WORKER_LEASE_S")
     max_claim_bytes: int = setting("WORKER_MAX_CLAIM_BYTES")
     idle_poll_s: float = setting("WORKER_IDLE_POLL_S")  # polling fallback when no NOTIFY arrives
+    linger_ms: float = setting("WORKER_LINGER_MS")  # let a trickle of submits gather into one claim
     retry_backoff_s: float = setting("WORKER_RETRY_BACKOFF_S")
     log_level: str = setting("WORKER_LOG_LEVEL")
     max_reconnect_backoff_s: float = 10.0
@@ -168,17 +170,24 @@ class Worker:
                     conn.close()
         self._conn = self._listen = None
 
-    def _wait_for_work(self, timeout: float) -> None:
-        """Sleep until a NOTIFY for this model arrives, `timeout` passes or we are asked to stop."""
+    def _wait_for_work(self, timeout: float) -> bool:
+        """Sleep until a NOTIFY for this model arrives (True), `timeout` passes or we are asked to stop."""
         assert self._listen is not None
         deadline = time.monotonic() + timeout
         while not self.stopping.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return False
             # short slices so that SIGTERM is honoured within a second
             for _ in self._listen.notifies(timeout=min(left, 1.0), stop_after=1):
-                return
+                return True
+        return False
+
+    def _linger(self) -> None:
+        """A short wait before the next claim, so that jobs submitted one by one are claimed together: a claim,
+        a scorer call and a result write per job would cost the worker more CPU than the submits themselves."""
+        if self.settings.linger_ms > 0:
+            self.stopping.wait(self.settings.linger_ms / 1000)
 
     # --- one step ---------------------------------------------------------------------------------------------
     def _scorer(self, scorer: Scorer) -> job_queue.JobScorer:
@@ -201,8 +210,8 @@ class Worker:
             log.warning("%d job(s) will be retried, %d failed for good: %s", summary.retried, summary.failed,
                         "; ".join(sorted(errors))[:500])
 
-    def step(self) -> bool:
-        """Claim, score and write one micro-batch. False when there was nothing to do."""
+    def step(self) -> int:
+        """Claim, score and write one micro-batch: the number of jobs claimed (0 when there was nothing to do)."""
         self._connect()
         self._flush()
         now = time.monotonic()
@@ -217,14 +226,14 @@ class Worker:
                 log.warning("%d queued job(s) expired unclaimed (past their TTL)", expired)
         scorer = self.holder.current
         if scorer is None:  # no model yet: claim nothing, so jobs stay available to workers that have one
-            return False
+            return 0
         if self._announced != scorer.version:
             log.info("worker %s ready: model %s version %s", self.worker_id, self.model, scorer.version)
             self._announced = scorer.version
         jobs = job_queue.claim(self._conn, self.model, self.worker_id, self.settings.batch_size, self.settings.lease_s,
                                self.settings.max_claim_bytes)
         if not jobs:
-            return False
+            return 0
         with LeaseKeeper(self.url, self.worker_id, jobs, self.settings.lease_s) as keeper:
             for batch in job_queue.plan_batches(jobs, self.settings.max_batch_records):
                 outcomes = job_queue.score_jobs(self._scorer(scorer), batch,
@@ -232,16 +241,20 @@ class Worker:
                 self._pending = (scorer.version, outcomes)
                 self._flush()  # committed batch by batch (see plan_batches)
                 keeper.written(batch)
-        return True
+        return len(jobs)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> int:
         backoff = 0.5
         while not self.stopping.is_set():
             try:
-                if not self.step():
+                claimed = self.step()
+                if not claimed:
                     wait = self.settings.idle_poll_s if self.holder.current is not None else 1.0
-                    self._wait_for_work(wait)
+                    if self._wait_for_work(wait):
+                        self._linger()
+                elif claimed < self.settings.batch_size:
+                    self._linger()
                 backoff = 0.5
             except _DB_ERRORS as exc:
                 log.warning("database unavailable (%s); reconnecting in %.1fs", str(exc).strip()[:200], backoff)

@@ -316,3 +316,18 @@ def test_a_queued_job_past_its_ttl_expires_with_the_reason_and_is_never_claimed(
     assert job_queue.get(conn, swept.id).status == "expired"
     with pytest.raises(job_queue.JobStateError, match="expired"):
         job_queue.cancel(conn, swept.id)
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_a_submit_wakes_listeners_once_and_a_replay_does_not(db_url, model, autocommit):
+    with psycopg.connect(db_url, autocommit=True) as listener, psycopg.connect(db_url, autocommit=autocommit) as conn:
+        listener.execute(f'LISTEN "{job_queue.channel(model)}"')
+        jobs = [job_queue.NewJob([{**ROW, "tenure_months": i}], f"k{i}") for i in range(3)]
+        assert all(created for _, created in job_queue.submit_many(conn, model, jobs))
+        woken = list(listener.notifies(timeout=2, stop_after=5))
+        assert [n.channel for n in woken] == [job_queue.channel(model)]  # one NOTIFY for the group
+        replay = job_queue.submit_many(conn, model, jobs)  # the same keys: nothing new, nobody woken
+        assert [created for _, created in replay] == [False] * 3
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        n = conn.execute("SELECT count(*) FROM ops.prediction_jobs WHERE model_name = %s", (model,)).fetchone()[0]
+        assert n == 3
