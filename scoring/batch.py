@@ -385,7 +385,9 @@ def run_batch(spec: ModelSpec, day: dt.date, run_id: str, *, version: str | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scoring.spec import load_spec
+    from scoring.db import database_url
+    from scoring.settings import SettingsError
+    from scoring.spec import SpecError, load_spec
 
     parser = argparse.ArgumentParser(description="Score one model for one date into its prediction table.")
     parser.add_argument("--model", required=True)
@@ -397,8 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     run_id = args.run_id or f"cli__{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    try:  # a bad setting or model name stops here, in one line, before any work
+        spec = load_spec(args.model)
+        LockPolicy.from_env()
+        database_url()
+    except (SettingsError, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
-        result = run_batch(load_spec(args.model), args.date, run_id, version=args.version, shards=args.shards,
+        result = run_batch(spec, args.date, run_id, version=args.version, shards=args.shards,
                            chunk_rows=args.chunk_rows)
     except BatchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -348,9 +348,6 @@ _VARS: tuple[Var, ...] = (
     _dotenv("AIRFLOW_API_SECRET_KEY", "str", None, "Becomes AIRFLOW__API__SECRET_KEY.", secret=True,
             default_doc="required"),
     _dotenv("AIRFLOW_PORT", "port", "8080", "Host port of the Airflow api-server."),
-    _dotenv("MLFLOW_PORT", "port", "5000", "Host port of MLflow."),
-    _dotenv("SERVING_CHURN_PORT", "port", "8000", "Host port of the churn deployment."),
-    _dotenv("SERVING_SPEND_PORT", "port", "8001", "Host port of the spend deployment."),
     _v("MLFLOW_TRACKING_USERNAME", "str", None, "The MLflow user of this client (MLflow's basic auth); "
        "docker-compose gives each component its own (`airflow`, `serving`, `worker`).",
        ("core", "serving", "worker", "batch", "airflow", "compose"), group=_COMPOSE, third_party="MLflow",

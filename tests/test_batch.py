@@ -287,3 +287,17 @@ def test_psql_reader_reports_server_errors(db_url):
     with connect(db_url) as conn, pytest.raises(psycopg.OperationalError, match="division by zero"), \
             copy_out(conn, sql.SQL("COPY (SELECT 1/0) TO STDOUT (FORMAT binary)")) as blocks:
         list(blocks)
+
+
+def test_cli_names_a_bad_setting_or_model_in_one_line_before_any_work():
+    cli = [sys.executable, "-m", "scoring.batch", "--date", "2026-11-01"]
+    for env, args, message in (
+            ({"BATCH_SWAP_LOCK_TIMEOUT_MS": "abc"}, ["--model", "churn"],
+             "error: BATCH_SWAP_LOCK_TIMEOUT_MS='abc': must be an integer"),
+            ({}, ["--model", "nope"], "error: "),
+    ):
+        done = subprocess.run([*cli, *args], cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(message) and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

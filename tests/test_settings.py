@@ -40,7 +40,7 @@ def test_every_variable_parses_its_default_to_its_type() -> None:
     ("SERVING_WORKERS", "abc", "must be an integer"),
     ("SERVING_WORKERS", "0", "must be an integer >= 1"),
     ("STACK_PG_PORT", "70000", "must be a TCP port number"),
-    ("SERVING_CHURN_PORT", "http", "must be a TCP port number"),
+    ("AIRFLOW_PORT", "http", "must be a TCP port number"),
     ("SERVING_DB_POOL_MAX", "-1", "must be an integer >= 1"),
     ("SERVING_DB_POOL_MIN", "-3", "must be an integer >= 0"),
     ("WORKER_LEASE_S", "0", "must be a number > 0"),
