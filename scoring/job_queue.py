@@ -164,6 +164,12 @@ class NewJob:
 Submitted = tuple[Job, bool]  # (the job, created): created=False when its idempotency key returned an earlier job
 
 
+def _rows_document(rows: list[dict[str, Any]], payloads: list[str]) -> str:
+    """A JSON array of `rows`, each with its already-serialized payload added as "payload" (not serialized again)."""
+    return "[" + ",".join(json.dumps(row)[:-1] + ',"payload":' + payload + "}"
+                          for row, payload in zip(rows, payloads, strict=True)) + "]"
+
+
 def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
                 ) -> list[Submitted | IdempotencyConflict]:
     """Queue many jobs inside the caller's transaction (on an autocommit connection each statement commits on its
@@ -174,8 +180,6 @@ def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
     A key seen twice in `jobs` (a client's retry racing its first try) makes one job; both get it back.
     ValueError (nothing inserted) when a job is empty or holds a value JSON cannot store.
     """
-    # The payloads go as a binary text[] (%b): in text format psycopg escapes every quote of every JSON document
-    # through a regex callback, which cost more than the rest of a 100-record submit together.
     ids, payloads, sizes, keys, owners, attempts, callbacks, ttls = [], [], [], [], [], [], [], []
     for index, job in enumerate(jobs):
         if not job.records:
@@ -199,24 +203,28 @@ def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
     for _round in range(3):  # a key's row deleted by retention between the two statements: insert it again
         with conn.cursor(row_factory=dict_row) as cur:
             # One statement (one round trip): the insert, and the NOTIFY that wakes idle workers, sent once
-            # when anything was inserted; on an autocommit connection it also commits.
+            # when anything was inserted; on an autocommit connection it also commits. The jobs travel as ONE
+            # JSON document with each payload embedded as it was serialized: measured 250 -> 140 us for a
+            # single job and 37 -> 20 us a job in groups of 32 against one array parameter per column, and
+            # no escaping (psycopg's text-format array dumper escapes every quote through a regex callback).
             cur.execute(
                 f"""WITH ins AS (
                         INSERT INTO {TABLE} (id, model_name, payload, n_records, max_attempts, idempotency_key,
                                              callback_url, owner, expires_at, payload_bytes)
-                        SELECT v.id, %s, v.payload::json, v.n, v.attempts, v.key,
-                               v.callback, v.owner, now() + make_interval(secs => v.ttl), v.bytes
-                        FROM unnest(%s::uuid[], %b::text[], %s::int[], %s::int[], %s::text[], %s::text[], %s::text[],
-                                    %s::float8[], %s::int[]) WITH ORDINALITY
+                        SELECT v.id, %s, v.payload, v.n, v.attempts, v.key, v.callback, v.owner,
+                               now() + make_interval(secs => v.ttl), v.bytes
+                        FROM ROWS FROM (json_to_recordset(%s::json) AS (
+                                 id uuid, payload json, n int, attempts int, key text, callback text, owner text,
+                                 ttl float8, bytes int)) WITH ORDINALITY
                              AS v(id, payload, n, attempts, key, callback, owner, ttl, bytes, ord)
                         ORDER BY v.ord
                         ON CONFLICT (model_name, owner, idempotency_key) DO NOTHING RETURNING {_JOB_COLUMNS}),
                     notified AS MATERIALIZED (SELECT pg_notify(%s, '') FROM (SELECT FROM ins LIMIT 1) one)
                     SELECT ins.* FROM ins LEFT JOIN notified ON true""",
-                (model, [ids[i] for i in todo], [payloads[i] for i in todo], [len(jobs[i].records) for i in todo],
-                 [attempts[i] for i in todo],
-                 [keys[i] for i in todo], [callbacks[i] for i in todo], [owners[i] for i in todo],
-                 [ttls[i] for i in todo], [sizes[i] for i in todo], channel(model)))
+                (model, _rows_document([{"id": str(ids[i]), "n": len(jobs[i].records), "attempts": attempts[i],
+                                         "key": keys[i], "callback": callbacks[i], "owner": owners[i],
+                                         "ttl": ttls[i], "bytes": sizes[i]} for i in todo],
+                                       [payloads[i] for i in todo]), channel(model)))
             created = {row["id"]: row for row in cur.fetchall()}
             for i in todo:
                 if ids[i] in created:

@@ -114,9 +114,10 @@ _VARS: tuple[Var, ...] = (
     _v("SERVING_POLL_INTERVAL_S", "float", "10", "Seconds between each process's checks of the alias.",
        ("serving", "worker"), group=_SERVING, positive=True),
     _v("SERVING_ALLOW_UNGATED", "bool", "false",
-       "Serve (and let the async worker use) registry versions the promotion gate did not promote (their "
-       "`gate.decision` tag is not `promoted`), e.g. a hand-registered model. Off: such a version is refused at "
-       "load like a broken one and the loaded version keeps serving.", ("serving", "worker"), group=_SERVING),
+       "Serve (and let the async worker and the nightly batch use) registry versions the promotion gate did not "
+       "promote (their `gate.decision` tag is not `promoted`), e.g. a hand-registered model. Off: such a version "
+       "is refused at load like a broken one and the loaded version keeps serving; a predict run fails naming it.",
+       ("serving", "worker", "airflow"), group=_SERVING),
     _v("SERVING_TOKENS", "str", None,
        "The clients allowed in: `name:sha256-of-token:scope[,scope]` entries separated by spaces (scopes "
        "`predict`, `jobs`, `metrics`, `*`; `python -m serving.auth new <name> <scopes>` makes one). Only hashes: "

@@ -119,6 +119,22 @@ def test_conf_date_and_pinned_version_publish_the_asset(ready, db_url, trained_m
     assert events == 1
 
 
+def test_a_version_the_gate_did_not_promote_is_refused_naming_it(ready, db_url, trained_models, logs):
+    from scoring.registry import client
+
+    version, mc = trained_models["churn"], client()
+    day = ready - dt.timedelta(days=4)
+    before = predictions(db_url, day)
+    mc.set_model_version_tag("churn", version, "gate.decision", "refused")  # as if the alias was moved by hand
+    try:
+        dr, states = run("predict_churn", ready, {"date": day.isoformat(), "model_version": version})
+    finally:
+        mc.set_model_version_tag("churn", version, "gate.decision", "promoted")
+    assert str(dr.state) == "failed" and states["resolve_version"] == ["failed"], states
+    assert f"resolves to version {version}: model 'churn' version {version} was not promoted by the gate" in logs()
+    assert predictions(db_url, day) == before  # nothing was scored with it
+
+
 def test_empty_partition_fails_the_run_saying_so(ready, db_url, logs):
     day = dt.date(2031, 1, 1)
     dr, states = run("predict_churn", day)

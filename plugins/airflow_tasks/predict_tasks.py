@@ -94,10 +94,12 @@ def check_features(spec: ModelSpec, context: Mapping[str, Any]) -> str:
 
 
 def resolve_version(spec: ModelSpec, context: Mapping[str, Any]) -> str:
-    """The version the whole run scores with, resolved once (a moving alias cannot split a run)."""
+    """The version the whole run scores with, resolved once (a moving alias cannot split a run), and approved by
+    the promotion gate like every version serving loads (SERVING_ALLOW_UNGATED overrides)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from scoring.registry import RegistryError
+    from scoring import settings
+    from scoring.registry import NotApprovedError, RegistryError, check_approved
     from scoring.registry import resolve_version as resolve
 
     ref = model_ref(context)
@@ -108,6 +110,10 @@ def resolve_version(spec: ModelSpec, context: Mapping[str, Any]) -> str:
             raise  # worth the task's retries: MLflow may be back in a moment
         _skip_without_champion(spec, context, " (the alias went away during the run)")
         raise AirflowFailException(str(exc)) from exc  # a missing alias stays missing: fail now, no retries
+    try:
+        check_approved(spec.name, version, allow_ungated=settings.read("SERVING_ALLOW_UNGATED"))
+    except NotApprovedError as exc:
+        raise AirflowFailException(f"'{ref}' resolves to version {version}: {exc}") from exc
     log.info("model %s: '%s' resolves to version %s", spec.name, ref, version)
     return version
 
