@@ -124,6 +124,8 @@ class PayloadLog:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            if self._thread.is_alive():  # still writing: its connection is in use (a daemon: it ends with us)
+                return
             self._thread = None
         if self._conn is not None:
             self._conn.close()
