@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ("model_name", "log_date", "logged_at", "model_version", "route", "request_id", "entity_id", "features",
            "score", "label")
 _COPY = f"COPY ops.online_payloads ({', '.join(COLUMNS)}) FROM STDIN"
+WARN_EVERY_S = 30.0
 _BIGINT = 2 ** 63
 _INF = float("inf")
 
@@ -82,6 +84,7 @@ class PayloadLog:
         self._dropped_full = PAYLOAD_ROWS.labels(spec.name, "dropped_buffer_full")
         self._dropped_failed = PAYLOAD_ROWS.labels(spec.name, "dropped_write_failed")
         self.logged = self.dropped = 0  # this process's counts (tests, the bench)
+        self._warned_at = -1e9  # a failing database is reported at most every WARN_EVERY_S, not every retry
 
     # ------------------------------------------------------------ the request path
 
@@ -183,6 +186,10 @@ class PayloadLog:
         if lost:
             self.dropped += lost
             self._dropped_failed.inc(lost)
+        now = time.monotonic()
+        if now - self._warned_at < WARN_EVERY_S and not lost:
+            return
+        self._warned_at = now
         log.warning("payload log %s: writing %d rows failed (%s); %d kept for the next try, %d dropped",
                     self.spec.name, n, str(exc).strip() or type(exc).__name__, n - lost, lost)
 
