@@ -500,7 +500,9 @@ def write_outcomes(conn: psycopg.Connection, worker_id: str, model_version: str,
     A failed job goes back to the queue (after `retry_backoff_s * 2**(attempts-1)`) until it has used its
     attempts, then ends `failed` with the reason.
     """
-    summary = WriteSummary()  # results and errors go as binary text[] (%b): see insert_jobs
+    # Results and errors go as binary text[] (%b): psycopg's text-format array dumper would escape every quote of
+    # every JSON document through a regex callback.
+    summary = WriteSummary()
     good = [o for o in outcomes if o.error is None]
     bad = [o for o in outcomes if o.error is not None]
     with conn.transaction():

@@ -30,6 +30,7 @@ import psycopg
 from scoring.scorer import Predictions
 from scoring.spec import ModelSpec
 from serving.metrics import PAYLOAD_ROWS
+from serving.wire import is_bigint
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ COLUMNS = ("model_name", "log_date", "logged_at", "model_version", "route", "req
            "score", "label")
 _COPY = f"COPY ops.online_payloads ({', '.join(COLUMNS)}) FROM STDIN"
 WARN_EVERY_S = 30.0
-_BIGINT = 2 ** 63
 _INF = float("inf")
 
 
@@ -233,7 +233,7 @@ class PayloadLog:
                 doc = json.dumps(dict(zip(names, map(_decode, self._decoders, values), strict=True)),
                                  allow_nan=False)
                 yield (model, at.date(), at, version, item.route, item.request_id,
-                       _entity_id(ids[i]) if ids is not None else None, doc, scores[i],
+                       ids[i] if ids is not None and is_bigint(ids[i]) else None, doc, scores[i],
                        labels[i] if labels is not None else None)
 
 
@@ -249,11 +249,6 @@ def _decode(decoder: Any, value: float) -> Any:
         return int(value)
     return value
 
-
-def _entity_id(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and -_BIGINT <= value < _BIGINT:
-        return value
-    return None
 
 
 def _utc_day(ts: float) -> dt.date:

@@ -56,6 +56,11 @@ def records_body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], list[dict[st
 _BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
 
 
+def is_bigint(value: Any) -> bool:
+    """Whether `value` is an int PostgreSQL's bigint holds (the entity key column's type); bools are not ints here."""
+    return type(value) is int and _BIGINT_MIN <= value <= _BIGINT_MAX
+
+
 def check_entity_keys(records: list[dict[str, Any]], key: str) -> None:
     """The entity key, when a record carries it, is a 64-bit integer or null: what the key column and the job
     queue store, and what is echoed back (a NaN or a string with NUL would be neither storable nor JSON)."""
@@ -63,7 +68,7 @@ def check_entity_keys(records: list[dict[str, Any]], key: str) -> None:
         value = rec.get(key)
         if value is None:
             continue
-        if type(value) is not int or not _BIGINT_MIN <= value <= _BIGINT_MAX:
+        if not is_bigint(value):
             raise ApiError(422, "invalid_entity_key", f"row {i}: '{key}' must be a 64-bit integer or null, "
                                                       f"got {shown(value)}", column=key, row=i)
 

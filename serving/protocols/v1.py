@@ -14,12 +14,11 @@ from serving.dataplane import FALLBACKS, plane
 from serving.errors import ERROR_SCHEMA, ApiError, error_response
 from serving.openapi import ref
 from serving.routes import PUBLIC, Param, Protocol, Scope, json_answer
-from serving.wire import check_entity_keys, json_response, records_body, shown
+from serving.wire import check_entity_keys, is_bigint, json_response, records_body, shown
 
 api = Protocol("v1", "The platform's API: lookups, live predictions, model info", ERROR_SCHEMA, error_response)
 
 PREDICT = Scope("predict")
-_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
 _STARTED = time.time()
 _INTEGER = re.compile(r"-?[0-9]{1,20}\Z")
 
@@ -67,7 +66,7 @@ def lookup(model: str, entity_id: str) -> Response:
     if not _INTEGER.match(entity_id):  # int() alone would take ' 1', '1_000' and other scripts' digits
         raise ApiError(400, "invalid_entity_id", f"{key} must be an integer, got {entity_id!r}", column=key)
     eid = int(entity_id)
-    if not _BIGINT_MIN <= eid <= _BIGINT_MAX:  # the key column is bigint
+    if not is_bigint(eid):  # the key column is bigint
         raise ApiError(400, "invalid_entity_id", f"{key} must be a 64-bit integer, got {entity_id!r}", column=key)
     args = request.args
     fallback = args.get("fallback")
