@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +78,24 @@ def _is_number(value: Any) -> bool:
 
 # The matrix is float32: a value beyond its range would become inf (or a huge int an overflow), not a feature.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_INT64_MAX = 2.0 ** 63  # an int feature's values are what a bigint column holds (as a float: its rounded bound)
+# An int feature's values are what a bigint column holds. An integer is checked as sent, before any float
+# conversion: as floats -2**63 - 1 and 2**63 would round onto the bounds. A float is checked as a float: +-2.0**63
+# are the floats nearest the bounds (2**63 - 1 is no float), what a client's int64 maximum becomes as a double.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_INT64_FLOAT = 2.0 ** 63
+
+
+def is_int64(value: Any) -> bool:
+    """Whether `value` is an integer (Python or numpy, not bool) that a 64-bit signed integer holds."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+        and INT64_MIN <= int(value) <= INT64_MAX
+
+
+def _whole_int64(value: Any) -> bool:
+    """An int feature's value: an int64 integer, or a float with an integral value in int64's range."""
+    if isinstance(value, (float, np.floating)):
+        return float(value).is_integer() and abs(float(value)) <= _INT64_FLOAT
+    return is_int64(value)
 
 
 def _fits(value: Any) -> bool:
@@ -88,6 +106,33 @@ def _fits(value: Any) -> bool:
         return False
 
 
+def check_json_ints(spec: ModelSpec, doc: Any) -> None:
+    """The integers of a decoded JSON document checked as sent, for a protocol whose parser turns every number
+    into a float before the encoder sees it (MLflow's, by its all-double signature). An integer beyond int64
+    under an int or category feature's name, or where no feature name says what it is (positional rows), raises
+    WrongTypeError; under a float feature's name it is a number like any other. Names come from object keys and,
+    for a split-orient table ({"columns": [...], "data": [[...]]}), from the columns."""
+    names, floats = set(spec.feature_names), {f.name for f in spec.features if f.type == "float"}
+    todo: deque[tuple[Any, str | None]] = deque([(doc, None)])  # first in, first out: the first problem is named
+    while todo:
+        node, name = todo.popleft()
+        if type(node) is int:
+            if not INT64_MIN <= node <= INT64_MAX and name not in floats:
+                what = f"feature '{name}' expects an integer" if name else "an integer must fit 64 bits"
+                raise WrongTypeError(f"{what}, got {node}", column=name)
+        elif isinstance(node, dict):
+            columns, rows = node.get("columns"), node.get("data")
+            split = isinstance(columns, list) and isinstance(rows, list)
+            for key, value in node.items():
+                if split and key == "data":
+                    todo.extend((v, columns[j] if j < len(columns) and columns[j] in names else None)
+                                for row in rows for j, v in enumerate(row if isinstance(row, list) else [row]))
+                else:
+                    todo.append((value, key if key in names else name))
+        elif isinstance(node, list):
+            todo.extend((v, name) for v in node)
+
+
 def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """float64 values, a mask of rows with a wrong type, and the reason text."""
     if values.dtype.kind in "iuf":
@@ -96,9 +141,11 @@ def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, n
             finite = np.isfinite(out)
             bad = ~finite & ~np.isnan(out) | (np.abs(np.where(finite, out, 0)) > _FLOAT32_MAX)  # NaN: missing
             if feature.type == "int":  # a whole number a 64-bit integer column can hold
-                bad |= finite & ((out != np.floor(np.where(finite, out, 0))) | (np.abs(out) > _INT64_MAX))
+                bad |= finite & ((out != np.floor(np.where(finite, out, 0))) | (np.abs(out) > _INT64_FLOAT))
                 return out, bad, f"feature '{feature.name}' expects an integer"
             return out, bad, f"feature '{feature.name}' expects a finite number"
+        if values.dtype.kind == "u" and feature.type == "int":  # a uint64 beyond int64 (compared as integers)
+            return out, values > np.uint64(INT64_MAX), f"feature '{feature.name}' expects an integer"
         return out, np.zeros(len(out), dtype=bool), ""
     if values.dtype.kind == "b":
         reason = f"feature '{feature.name}' expects a number, got a boolean"
@@ -109,8 +156,7 @@ def _numeric_column(feature: Feature, values: np.ndarray) -> tuple[np.ndarray, n
     for i, v in enumerate(values):
         if _is_null(v):
             out[i] = np.nan
-        elif not _is_number(v) or not _fits(v) or (want_int and not (float(v).is_integer()
-                                                                      and abs(float(v)) <= _INT64_MAX)):
+        elif not _is_number(v) or not _fits(v) or (want_int and not _whole_int64(v)):
             bad[i] = True
             out[i] = np.nan
         else:

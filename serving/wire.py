@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, request
 
+from scoring.encoding import INT64_MAX, INT64_MIN
 from serving.errors import ApiError
 
 
@@ -53,12 +54,9 @@ def records_body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], list[dict[st
     return body, records
 
 
-_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
-
-
 def is_bigint(value: Any) -> bool:
     """Whether `value` is an int PostgreSQL's bigint holds (the entity key column's type); bools are not ints here."""
-    return type(value) is int and _BIGINT_MIN <= value <= _BIGINT_MAX
+    return type(value) is int and INT64_MIN <= value <= INT64_MAX
 
 
 def check_entity_keys(records: list[dict[str, Any]], key: str) -> None:

@@ -34,10 +34,12 @@ from mlflow.pyfunc.scoring_server import (
 from mlflow.types import ColSpec, Schema
 from mlflow.version import VERSION
 
+from scoring.encoding import check_json_ints
 from scoring.spec import ModelSpec
 from serving.dataplane import plane
 from serving.errors import ApiError
 from serving.routes import PUBLIC, Protocol, Scope, json_answer
+from serving.wire import is_bigint
 
 _CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST",
           413: "BAD_REQUEST", 415: "BAD_REQUEST", 422: "INVALID_PARAMETER_VALUE", 503: "TEMPORARILY_UNAVAILABLE"}
@@ -133,6 +135,7 @@ def _parse(mime: str, data: bytes) -> Any:
         decoded = _decode_json_input(data)  # MlflowInvalidInputException -> 400 BAD_REQUEST
     except RecursionError as exc:
         raise _proto_error(400, "Invalid input. The JSON document is nested too deeply.") from exc
+    check_json_ints(plane().spec, decoded)  # MLflow's parser makes every number a double: check ints as sent
     payload, _params = _split_data_and_params(decoded)  # params are accepted and, like xgboost's pyfunc, unused
     return infer_and_parse_data(payload, input_schema(plane().spec))
 
@@ -196,7 +199,7 @@ def plain_numeric_matrix(raw: bytes, names: list[str]) -> np.ndarray | None:
         return None
     width = len(names)
     if not isinstance(rows, list) or not rows or not all(
-            isinstance(row, list) and len(row) == width and all(type(v) is float or type(v) is int for v in row)
+            isinstance(row, list) and len(row) == width and all(type(v) is float or is_bigint(v) for v in row)
             for row in rows):
         return None  # bool is not int here: `type(True) is int` is False
     try:

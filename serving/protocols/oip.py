@@ -223,7 +223,7 @@ def _columns(spec: ModelSpec, doc: dict[str, Any], binary: bytes) -> tuple[dict[
             raise _bad(f"input '{name}': a 2-D input needs {len(names)} columns in the order {names}, "
                        f"got shape {shape}")
         try:
-            matrix = np.asarray(values, dtype=np.float64).reshape(shape)
+            matrix = np.asarray(values, dtype=object if isinstance(values, list) else None).reshape(shape)
         except (TypeError, ValueError) as exc:
             raise _bad(f"input '{name}': values must be numbers: {exc}") from exc
         return {n: matrix[:, j] for j, n in enumerate(names)}, shape[0]
@@ -238,7 +238,7 @@ def _columns(spec: ModelSpec, doc: dict[str, Any], binary: bytes) -> tuple[dict[
         if datatype == "BYTES":  # tensors have no null: an empty string is a missing value
             columns[name] = [None if v in ("", b"") else v for v in values]
         else:
-            columns[name] = values if isinstance(values, list) else values.astype(np.float64)
+            columns[name] = values  # as sent (a uint64 stays an integer): the encoder converts and checks
     return columns, int(rows or 0)
 
 
