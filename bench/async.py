@@ -4,8 +4,8 @@ It starts its own PostgreSQL cluster, MLflow server, a trained churn model, one 
 workers, as deployed; --serving-threads N for gthread) and `python -m serving.worker` processes
 (testing/platform.py), then in one run:
 
-1. live: single-row `POST /v1/models/churn/predict`, wrk with 32 connections (the asyncio client without wrk)
-   -> the live single-row rate, the reference;
+1. live: single-row `POST /v1/models/churn/predict`, wrk with 32 connections (apt-get installs wrk when missing;
+   the bench stops if wrk cannot run cleanly: no other client stands in) -> the live single-row rate, the reference;
 2. drain: K single-row jobs queued beforehand, drained by 1 then 2 workers -> jobs/s from the jobs' own
    timestamps (first claim -> last finish);
 3. kill: refill, drain with 2 workers and SIGKILL one at ~30% done holding leased jobs; they are reclaimed
@@ -33,7 +33,6 @@ import datetime as dt
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,8 +50,9 @@ sys.path.insert(0, str(REPO))
 from scoring.demo_data import generate_day  # noqa: E402
 from scoring.migrate import apply_migrations  # noqa: E402
 from scoring.scorer import Scorer  # noqa: E402
-from scoring.settings import read  # noqa: E402
+from scoring.settings import BenchSettings  # noqa: E402
 from scoring.spec import load_spec  # noqa: E402
+from stack.debian import ensure_wrk  # noqa: E402
 from stack.pg import free_port  # noqa: E402
 from stack.services import ServiceError, wait_http  # noqa: E402
 from testing.platform import Platform, train_champion  # noqa: E402
@@ -174,17 +174,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def live_rate(env: Env, records: list[dict], n: int, concurrency: int) -> float:
-    url = f"{env.serving_url}/v1/models/{MODEL}/predict"
-    bodies = [({"records": [records[i % len(records)]]}, {}) for i in range(n)]
-    asyncio.run(_drive(url, bodies[:200], concurrency, {200}))  # warm-up
-    elapsed, lat, _, errors = asyncio.run(_drive(url, bodies, concurrency, {200}))
-    rate = n / elapsed
-    say(f"live single-row: {n} requests in {elapsed:.2f}s = {rate:.0f} rows/s (p50 {pct(lat, .5) * 1e3:.1f} ms, "
-        f"p99 {pct(lat, .99) * 1e3:.1f} ms, concurrency {concurrency}, errors {errors})")
-    return rate
-
-
 _WRK_LUA = """
 local bodies = {
 %s
@@ -203,11 +192,10 @@ end
 """
 
 
-def live_rate_wrk(env: Env, records: list[dict], seconds: int, connections: int) -> float | None:
-    """The live rate measured by wrk (C, far cheaper per request than a Python client): None without wrk."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        return None
+def live_rate_wrk(wrk: str, env: Env, records: list[dict], seconds: int, connections: int) -> float:
+    """The live single-row rate measured by wrk in this run: the reference every async rate is divided by.
+    wrk (C) is far cheaper per request than a Python client, so any other client would understate the live rate
+    and flatter the async one: without a clean wrk figure the bench stops, saying why."""
     path = f"/v1/models/{MODEL}/predict"
     bodies = ",\n".join(f"  {json.dumps(json.dumps({'records': [r]}))}" for r in records[:200])
     lua = env.root / "live.lua"
@@ -217,13 +205,15 @@ def live_rate_wrk(env: Env, records: list[dict], seconds: int, connections: int)
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
-        say(f"wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
-        return None
+        raise SystemExit(f"error: no live baseline: wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
     d = json.loads(line[len("WRKJSON "):])
     rate = d["requests"] / (d["duration_us"] / 1e6)
     say(f"live single-row (wrk, {connections} connections, {seconds}s): {d['requests']} requests = {rate:.0f} rows/s "
         f"(p50 {d['p50_us'] / 1e3:.1f} ms, p99 {d['p99_us'] / 1e3:.1f} ms, errors {d['errors']})")
-    return rate if d["errors"] == 0 else None
+    if d["errors"] or not d["requests"]:
+        raise SystemExit(f"error: no live baseline: wrk's live run had {d['errors']} error(s) in {d['requests']} "
+                         f"requests (see {env.root})")
+    return rate
 
 
 def submit(env: Env, records: list[dict], tag: str, concurrency: int, per_request: int = 1
@@ -341,11 +331,10 @@ def queue_empty(conn: psycopg.Connection) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=read("BENCH_JOBS"))
-    parser.add_argument("--live-requests", type=int, default=read("BENCH_LIVE_REQUESTS"))
+    parser.add_argument("--jobs", type=int, default=BenchSettings.from_env().jobs)
     parser.add_argument("--concurrency", type=int, default=32, help="client connections (submits and live)")
     parser.add_argument("--bulk-jobs", type=int, default=32, help="jobs per bulk request in the headline phase")
-    parser.add_argument("--wrk-seconds", type=int, default=15, help="live-rate run with wrk, when installed")
+    parser.add_argument("--wrk-seconds", type=int, default=15, help="seconds of the wrk live-rate run")
     parser.add_argument("--batch-size", type=int, default=256, help="WORKER_BATCH_SIZE")
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--serving-threads", type=int, default=1,
@@ -357,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     k = args.jobs
     c = args.concurrency
 
+    wrk = ensure_wrk()  # before anything starts: the live baseline is wrk's, measured in this run
     env = start_stack(args)
     workers: list[AsyncWorker] = []
     try:
@@ -370,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"gunicorn ({args.gunicorn_workers} workers x {args.serving_threads} thread(s)) at {env.serving_url}; "
             f"{k} single-row jobs per phase; load average {os.getloadavg()[0]:.1f}")
 
-        # The live rate the async rate is compared with: the higher of the two clients' (the conservative choice).
-        live_py = live_rate(env, records, args.live_requests, c)
-        live = max(live_py, live_rate_wrk(env, records, args.wrk_seconds, 32) or 0.0)
+        live = live_rate_wrk(wrk, env, records, args.wrk_seconds, 32)
         conn = psycopg.connect(env.db_url, autocommit=True)
         results: dict[str, PhaseResult] = {}
         bad_fetches = 0

@@ -42,8 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scoring.settings import read  # noqa: E402
-from stack.debian import PackageError, ensure_binary  # noqa: E402
+from scoring.settings import BenchSettings  # noqa: E402
+from stack.debian import ensure_wrk  # noqa: E402
 from stack.gateway import start_standalone  # noqa: E402
 from stack.pg import free_port  # noqa: E402
 from stack.services import VENV_BIN, stop_process, wait_http  # noqa: E402
@@ -61,13 +61,6 @@ class Result:
     p99_ms: float
     errors: int
     requests: int
-
-
-def ensure_wrk() -> str:
-    try:
-        return ensure_binary("wrk", "wrk")
-    except PackageError as exc:
-        raise SystemExit(f"error: {exc}") from exc
 
 
 _DONE = """
@@ -237,13 +230,13 @@ def payload_counts(base: str) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=read("BENCH_DURATION"),
+    parser.add_argument("--duration", type=int, default=BenchSettings.from_env().duration,
                         help="seconds per wrk run (default %(default)s, BENCH_DURATION)")
     parser.add_argument("--database-url", help="use this serving database instead of starting PostgreSQL")
     parser.add_argument("--tracking-uri", help="use this MLflow server instead of starting one")
     parser.add_argument("--days", type=int, default=30, help="feature history to seed (own stack only)")
     parser.add_argument("--customers", type=int, default=20_000, help="customers per day (own stack only)")
-    parser.add_argument("--rounds", type=int, default=read("BENCH_ROUNDS"),
+    parser.add_argument("--rounds", type=int, default=BenchSettings.from_env().rounds,
                         help="round-robin rounds over the targets; each keeps its best run "
                              "(default %(default)s, BENCH_ROUNDS)")
     parser.add_argument("--skip-mlflow-serve", action="store_true", help="do not run the mlflow models serve peer")
@@ -285,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                "SERVING_ACCESS_LOG": str(root / "access.log"),
                "SERVING_POLL_INTERVAL_S": os.environ.get("SERVING_POLL_INTERVAL_S", "3600")}
         settings = {k: v for k, v in os.environ.items() if k.startswith("SERVING_")}
-        print(f"gunicorn settings: workers={read('SERVING_WORKERS')} "
-              f"threads={read('SERVING_THREADS')} {settings or ''}", flush=True)
+        print(f"gunicorn settings: workers={BenchSettings.from_env().serving_workers} "
+              f"threads={BenchSettings.from_env().serving_threads} {settings or ''}", flush=True)
         # All servers are started first and stay up (idle ones cost nothing); the wrk runs then go round-robin
         # for --rounds rounds and each target keeps its best run: on a shared machine this compares the
         # targets under similar noise instead of whatever happened to run during a busy moment.
@@ -313,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         app = platform.gunicorn(MODEL, port, "serving.app:create_app()", env)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz", 60, app, "serving app ready")
-        wait_workers_loaded(base, read("SERVING_WORKERS"), version)
+        wait_workers_loaded(base, BenchSettings.from_env().serving_workers, version)
         predict = f"/v1/models/{MODEL}/predict"
         prefix = f"/v1/models/{MODEL}/predictions/"
         check_ok("POST", base + predict, live_bodies[0])
@@ -326,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         nolog = platform.gunicorn(MODEL, port, "serving.app:create_app()", {**env, "SERVING_PAYLOAD_SAMPLE_RATE": "0"})
         nolog_base = f"http://127.0.0.1:{port}"
         wait_http(nolog_base + "/readyz", 60, nolog, "serving app (payload logging off) ready")
-        wait_workers_loaded(nolog_base, read("SERVING_WORKERS"), version)
+        wait_workers_loaded(nolog_base, BenchSettings.from_env().serving_workers, version)
         check_ok("POST", nolog_base + predict, live_bodies[0])
         targets.append(("live-nolog", nolog_base, lua_post(predict, live_bodies)))
         gw_port = free_port()
@@ -391,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         flask_floor, wsgi_floor = results["floor-flask"], results["floor-wsgi"]
         nolog_run = results["live-nolog"]
         logged, dropped = payload_counts(base)
-        print(f"\npayload logging (rate {read('SERVING_PAYLOAD_SAMPLE_RATE'):g}): live {live.rps:.0f} req/s = "
+        print(f"\npayload logging (rate {BenchSettings.from_env().payload_sample_rate:g}): live {live.rps:.0f} req/s = "
               f"{live.rps / nolog_run.rps:.2f}x live-nolog {nolog_run.rps:.0f} (target >= 0.95); p99 {live.p99_ms:.1f} "
               f"vs {nolog_run.p99_ms:.1f} ms; rows logged {logged:.0f}, dropped {dropped:.0f}")
         gw_live, gw_lookup, slow = results["gw-live"], results["gw-lookup"], results["gw-live-slow8"]

@@ -36,3 +36,11 @@ def ensure_binary(binary: str, package: str, *, extra_paths: Iterable[str] = ())
     if not found:
         raise PackageError(f"{package} installed but no {binary} binary found")
     return found
+
+
+def ensure_wrk() -> str:
+    """wrk, the benches' load generator, installed when missing; a failed install ends the bench saying why."""
+    try:
+        return ensure_binary("wrk", "wrk")
+    except PackageError as exc:
+        raise SystemExit(f"error: {exc}") from exc
