@@ -73,12 +73,12 @@ class LockPolicy:
     """How the swap and retention take their table locks: each attempt waits at most `lock_timeout_ms` (so a
     lookup queued behind it waits at most that long), then backs off; after `deadline_s` the step fails."""
 
-    lock_timeout_ms: int
-    deadline_s: float
+    lock_timeout_ms: int = settings.setting("BATCH_SWAP_LOCK_TIMEOUT_MS")
+    deadline_s: float = settings.setting("BATCH_SWAP_DEADLINE_S")
 
     @classmethod
     def from_env(cls) -> LockPolicy:
-        return cls(settings.read("BATCH_SWAP_LOCK_TIMEOUT_MS"), settings.read("BATCH_SWAP_DEADLINE_S"))
+        return settings.load(cls)
 
 
 def with_lock_retry(conn: psycopg.Connection, spec: ModelSpec, what: str, attempt: Callable[[], T],

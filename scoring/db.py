@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import psycopg
 
-from scoring.settings import REGISTRY, read
-
-DEFAULT_URL: str = REGISTRY["DATABASE_URL"].default  # the local stack's serving database
+from scoring.settings import CoreSettings
 
 
 def database_url() -> str:
-    return read("DATABASE_URL")
+    return CoreSettings.from_env().database_url
 
 
 def connect(url: str | None = None, **kwargs) -> psycopg.Connection:

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from scoring.settings import read
+from scoring.settings import CoreSettings
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 HEADER = SIGNATURE + struct.pack(">ii", 0, 0)  # flags 0 (no OIDs), no header extension
@@ -58,10 +58,10 @@ _F_SETPIPE_SZ = 1031  # Linux fcntl: grow the pipe so psql can read ahead while 
 
 def psql_binary() -> str | None:
     """The psql client used for COPY TO (PSQL_BIN, else PATH); SCORING_COPY_READER=psycopg disables it."""
-    if read("SCORING_COPY_READER") == "psycopg":
+    settings = CoreSettings.from_env()
+    if settings.copy_reader == "psycopg":
         return None
-    psql = read("PSQL_BIN")
-    return str(psql) if psql else shutil.which("psql")
+    return str(settings.psql_bin) if settings.psql_bin else shutil.which("psql")
 
 
 @contextlib.contextmanager

@@ -8,19 +8,31 @@ whose variable is unset keeps no password (it cannot log in over the network).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-from scoring.settings import read
+from scoring.settings import env_names, load, setting
 from scoring.spec import ModelSpec
 from scoring.store import split_table
 
 BATCH, SERVING, WORKER, AIRFLOW, MLFLOW = ("platform_batch", "platform_serving", "platform_worker",
                                            "platform_airflow", "platform_mlflow")
-PASSWORD_VARS = {BATCH: "POSTGRES_BATCH_PASSWORD", SERVING: "POSTGRES_SERVING_PASSWORD",
-                 WORKER: "POSTGRES_WORKER_PASSWORD", AIRFLOW: "POSTGRES_AIRFLOW_PASSWORD",
-                 MLFLOW: "POSTGRES_MLFLOW_PASSWORD"}
+
+
+@dataclass(frozen=True)
+class RolePasswords:
+    """Each role's password (field name = role name); unset: the role keeps no password."""
+
+    platform_batch: str | None = setting("POSTGRES_BATCH_PASSWORD")
+    platform_serving: str | None = setting("POSTGRES_SERVING_PASSWORD")
+    platform_worker: str | None = setting("POSTGRES_WORKER_PASSWORD")
+    platform_airflow: str | None = setting("POSTGRES_AIRFLOW_PASSWORD")
+    platform_mlflow: str | None = setting("POSTGRES_MLFLOW_PASSWORD")
+
+
+PASSWORD_VARS = env_names(RolePasswords)  # role -> its variable
 
 
 def roles_exist(conn: psycopg.Connection) -> bool:
@@ -31,8 +43,9 @@ def roles_exist(conn: psycopg.Connection) -> bool:
 def set_passwords(conn: psycopg.Connection, env: Mapping[str, str] | None = None) -> list[str]:
     """Set each role's password from its variable (when set); returns the roles set."""
     done = []
-    for role, var in PASSWORD_VARS.items():
-        password = read(var, env)
+    passwords = load(RolePasswords, env)
+    for role in PASSWORD_VARS:
+        password = getattr(passwords, role)
         if not password:
             continue
         hashed = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")

@@ -377,8 +377,6 @@ _VARS: tuple[Var, ...] = (
        ("bench",), group=_BENCH, low=1),
     _v("BENCH_JOBS", "int", "20000", "`make bench-async`: single-row jobs to drain (`--jobs`).", ("bench",),
        group=_BENCH, low=1),
-    _v("BENCH_LIVE_REQUESTS", "int", "5000", "`make bench-async`: live requests for the reference rate.",
-       ("bench",), group=_BENCH, low=1),
     _v("BATCH_BENCH_ROWS", "int", "1000000", "`make bench-batch`: feature rows to score (a make variable).",
        ("bench",), group=_BENCH, low=1),
     _v("REFERENCE_MODEL_FILE", "path", None,
@@ -537,20 +535,35 @@ def env_names(cls: type) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class CoreSettings:
-    """What the shared core reads: the batch CLI, Airflow task bodies and the benches build this one."""
+    """What the shared core reads (the database, the spec file, the COPY reader, MLflow, the gate's override):
+    scoring/db.py, scoring/spec.py, scoring/pgcopy.py, the Airflow task bodies and the containers' checks."""
 
     database_url: str = setting("DATABASE_URL")
     models_file: Path | None = setting("MODELS_FILE")
     copy_reader: str = setting("SCORING_COPY_READER")
     psql_bin: Path | None = setting("PSQL_BIN")
     mlflow_tracking_uri: str | None = setting("MLFLOW_TRACKING_URI")
+    allow_ungated: bool = setting("SERVING_ALLOW_UNGATED")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CoreSettings:
         return load(cls, env)
 
 
-BatchSettings = CoreSettings
+@dataclass(frozen=True)
+class BenchSettings:
+    """The benches' defaults for their command-line options (bench/*.py)."""
+
+    duration: int = setting("BENCH_DURATION")
+    rounds: int = setting("BENCH_ROUNDS")
+    jobs: int = setting("BENCH_JOBS")
+    serving_workers: int = setting("SERVING_WORKERS")
+    serving_threads: int = setting("SERVING_THREADS")
+    payload_sample_rate: float = setting("SERVING_PAYLOAD_SAMPLE_RATE")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BenchSettings:
+        return load(cls, env)
 
 
 def check_all(env: Mapping[str, str] | None = None, components: Iterable[str] | None = None) -> None:

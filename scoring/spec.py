@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 from croniter import croniter
 
-from scoring.settings import read
+from scoring.settings import CoreSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC_FILE = REPO_ROOT / "models.yaml"
@@ -435,7 +435,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _n
 
 
 def spec_file() -> Path:
-    return read("MODELS_FILE") or DEFAULT_SPEC_FILE
+    return CoreSettings.from_env().models_file or DEFAULT_SPEC_FILE
 
 
 def load_specs(path: str | Path | None = None) -> dict[str, ModelSpec]:

@@ -44,7 +44,7 @@ import psycopg
 from scoring import job_queue
 from scoring.db import database_url
 from scoring.scorer import Scorer
-from scoring.settings import load, read, setting
+from scoring.settings import load, setting
 from scoring.spec import load_spec
 from serving.config import ConfigError, Settings
 from serving.model_holder import ModelHolder
@@ -285,7 +285,7 @@ class Worker:
 
 def _log_level() -> str:
     try:
-        return read("WORKER_LOG_LEVEL").upper()
+        return load(WorkerSettings).log_level.upper()
     except ValueError:  # WorkerSettings.from_env reports it, once logging is set up
         return "INFO"
 

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from scoring.settings import read
+from scoring.settings import CoreSettings
 
 
 def check_http(url: str) -> str | None:
@@ -35,7 +35,7 @@ def check_worker() -> str | None:
     import psycopg
 
     try:
-        psycopg.connect(read("DATABASE_URL"), connect_timeout=3).close()
+        psycopg.connect(CoreSettings.from_env().database_url, connect_timeout=3).close()
     except (ValueError, psycopg.Error) as exc:  # ValueError: a malformed DATABASE_URL (SettingsError)
         return f"queue database unreachable: {exc}"
     return None

@@ -14,14 +14,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 
-from scoring.settings import read
+from scoring.settings import CoreSettings, env_names, load, setting
 from scoring.spec import load_specs
 
-USERS = {"airflow": "MLFLOW_AIRFLOW_PASSWORD", "serving": "MLFLOW_SERVING_PASSWORD",
-         "worker": "MLFLOW_WORKER_PASSWORD"}
+
+@dataclass(frozen=True)
+class UserPasswords:
+    """Each MLflow user's password (field name = user name); unset: the user is not created."""
+
+    airflow: str | None = setting("MLFLOW_AIRFLOW_PASSWORD")
+    serving: str | None = setting("MLFLOW_SERVING_PASSWORD")
+    worker: str | None = setting("MLFLOW_WORKER_PASSWORD")
+
+
+USERS = env_names(UserPasswords)  # user -> its variable
 WRITER = "airflow"
 
 
@@ -38,8 +48,9 @@ def ensure_users(tracking_uri: str, env: Mapping[str, str] | None = None,
 
     auth = AuthServiceClient(tracking_uri)
     done = []
-    for user, var in USERS.items():
-        password = read(var, env)
+    passwords = load(UserPasswords, env)
+    for user in USERS:
+        password = getattr(passwords, user)
         if not password:
             continue
         try:
@@ -68,7 +79,7 @@ def ensure_users(tracking_uri: str, env: Mapping[str, str] | None = None,
 
 
 def main() -> int:
-    uri = read("MLFLOW_TRACKING_URI")
+    uri = CoreSettings.from_env().mlflow_tracking_uri
     if not uri:
         print("error: MLFLOW_TRACKING_URI is not set", file=sys.stderr)
         return 2

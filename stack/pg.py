@@ -16,16 +16,21 @@ from pathlib import Path
 
 import psycopg
 
-from scoring.settings import read
+from scoring.settings import load, setting
 
 
 class PgError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class PgSettings:
+    bindir: Path | None = setting("PG_BINDIR")
+
+
 def pg_bindir() -> Path:
     """Where initdb/pg_ctl live: PG_BINDIR, else `pg_config --bindir`, else PATH."""
-    bindir = read("PG_BINDIR")
+    bindir = load(PgSettings).bindir
     if bindir:
         return bindir
     pg_config = shutil.which("pg_config")

@@ -111,7 +111,7 @@ def resolve_version(spec: ModelSpec, context: Mapping[str, Any]) -> str:
         _skip_without_champion(spec, context, " (the alias went away during the run)")
         raise AirflowFailException(str(exc)) from exc  # a missing alias stays missing: fail now, no retries
     try:
-        check_approved(spec.name, version, allow_ungated=settings.read("SERVING_ALLOW_UNGATED"))
+        check_approved(spec.name, version, allow_ungated=settings.CoreSettings.from_env().allow_ungated)
     except NotApprovedError as exc:
         raise AirflowFailException(f"'{ref}' resolves to version {version}: {exc}") from exc
     log.info("model %s: '%s' resolves to version %s", spec.name, ref, version)

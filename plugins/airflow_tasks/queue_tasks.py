@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from airflow.sdk import Param
@@ -17,11 +18,19 @@ from scoring import settings
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    retention_hours: int = settings.setting("QUEUE_RETENTION_HOURS")
+    payload_retention_days: int = settings.setting("PAYLOAD_RETENTION_DAYS")
+
+
 def queue_params() -> dict[str, Param]:
-    """Run parameters of the maintenance DAG; the retention default comes from QUEUE_RETENTION_HOURS."""
-    return {"retention_hours": Param(settings.read("QUEUE_RETENTION_HOURS"), type="integer", minimum=0,
+    """Run parameters of the maintenance DAG; the retention defaults come from QUEUE_RETENTION_HOURS and
+    PAYLOAD_RETENTION_DAYS."""
+    defaults = settings.load(RetentionSettings)
+    return {"retention_hours": Param(defaults.retention_hours, type="integer", minimum=0,
                                      description="delete finished jobs older than this many hours"),
-            "payload_retention_days": Param(settings.read("PAYLOAD_RETENTION_DAYS"), type="integer", minimum=1,
+            "payload_retention_days": Param(defaults.payload_retention_days, type="integer", minimum=1,
                                             description="drop the online payload log's days older than this")}
 
 
