@@ -8,9 +8,11 @@ replicas and one async worker, then the gateway (nginx) in front of the replicas
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.config import REPO, StackConfig
+from stack.procs import PidRecord, spawn
 
 VENV_BIN = Path(sys.executable).parent
 # A health probe gets the start time of the process it checks (None: any time) and returns None when healthy,
@@ -40,6 +43,25 @@ class Service:
     settle: float = 0.0  # seconds a port-less process must stay up before it counts as started
     stage: int = 0  # services of one stage start side by side; stages start in order
     notes: list[str] = field(default_factory=list)
+    fingerprint: str | None = None  # a model's process: its models.yaml entry and command (set by catalogue())
+
+    @property
+    def model(self) -> str | None:
+        """The model this process serves (SERVING_MODEL), None for the platform's shared services."""
+        return self.env.get("SERVING_MODEL")
+
+
+def launch(cfg: StackConfig, svc: Service) -> tuple[subprocess.Popen, PidRecord]:
+    """Start `svc` in the background, its PID file tagged with its model and fingerprint."""
+    return spawn(svc.argv, svc.env, cfg.log_file(svc.name), cfg.pid_file(svc.name), REPO, svc.port,
+                 model=svc.model, component=svc.component, fingerprint=svc.fingerprint)
+
+
+def fingerprint(spec: object, svc: Service) -> str:
+    """What a model's process was started with: its parsed models.yaml entry, its command and its port.
+    A changed entry (or a port moved by a removed model before it) means the process serves something stale."""
+    text = json.dumps([repr(spec), svc.argv, svc.port])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def http_probe(url: str, check: Callable[[dict, float | None], str | None] | None = None) -> Probe:
@@ -263,4 +285,11 @@ def catalogue(cfg: StackConfig) -> tuple[list[Service], list[str]]:
             notes.append("async workers not started: serving/worker.py is not in this checkout yet")
     if cfg.wants("gateway") and cfg.wants("serving") and serving_available():
         services.append(gateway_service(cfg))
+    model_services = [svc for svc in services if svc.model]
+    if model_services:
+        from scoring.spec import load_specs
+
+        specs = load_specs()
+        for svc in model_services:
+            svc.fingerprint = fingerprint(specs.get(svc.model), svc)
     return services, notes

@@ -26,6 +26,11 @@ class PidRecord:
     argv: list[str]
     port: int | None = None
     kind: str = "process"  # "process": our child's process group; "pg_ctl": a PostgreSQL cluster
+    # For a model's process (its replicas, its worker): the model, the component, and a fingerprint of the
+    # models.yaml entry and command it was started with, so that `make up` can tell a removed or changed model.
+    model: str | None = None
+    component: str | None = None
+    fingerprint: str | None = None
 
 
 def write_pid(path: Path, record: PidRecord) -> None:
@@ -55,15 +60,17 @@ def alive(record: PidRecord | None) -> bool:
 
 
 def spawn(argv: list[str], env: dict[str, str], log_path: Path, pid_path: Path, cwd: Path,
-          port: int | None = None) -> tuple[subprocess.Popen, PidRecord]:
-    """Start `argv` in a new session, output appended to `log_path`; record it in `pid_path`."""
+          port: int | None = None, **tags: str | None) -> tuple[subprocess.Popen, PidRecord]:
+    """Start `argv` in a new session, output appended to `log_path`; record it in `pid_path` (with `tags`:
+    PidRecord's model, component and fingerprint)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    record = PidRecord(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), argv=argv, port=port)
+    record = PidRecord(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), argv=argv, port=port,
+                       **tags)
     write_pid(pid_path, record)
     return proc, record
 

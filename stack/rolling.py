@@ -10,12 +10,12 @@ replica goes only after that, so each model always has a serving replica (with 2
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from stack.catalogue import Service, catalogue, http_probe, served_models
-from stack.config import REPO, StackConfig
+from stack.catalogue import Service, catalogue, http_probe, launch, served_models
+from stack.config import StackConfig
 from stack.gateway import GatewayError, reload, write_config
-from stack.procs import alive, read_pid, spawn, tail, terminate
+from stack.procs import alive, read_pid, tail, terminate
 
 Out = Callable[[str], None]
 
@@ -49,12 +49,13 @@ def _set_rotation(cfg: StackConfig, models: list[str], down: set[str], gateway_p
 
 
 def rolling_restart(cfg: StackConfig, out: Out = print, ready_timeout: float = 120.0,
-                    models: list[str] | None = None) -> list[str]:
-    """Restart every serving replica (of `models`, default all) in turn; returns their names. Raises RollingError
-    naming the replica that did not come back (the others keep serving; the gateway's config is restored)."""
+                    models: list[str] | None = None, names: Collection[str] | None = None) -> list[str]:
+    """Restart every serving replica (of `models`, default all; only those called `names` when given) in turn;
+    returns their names. Raises RollingError naming the replica that did not come back (the others keep serving;
+    the gateway's config is restored)."""
     services, _ = catalogue(cfg)
     serving = [s for s in services if s.component == "serving"
-               and (models is None or s.env.get("SERVING_MODEL") in models)]
+               and (models is None or s.env.get("SERVING_MODEL") in models) and (names is None or s.name in names)]
     if not serving:
         raise RollingError(f"no serving replicas{' of ' + ', '.join(models) if models else ''} in this stack")
     gw_record = read_pid(cfg.pid_file("gateway"))
@@ -71,7 +72,7 @@ def rolling_restart(cfg: StackConfig, out: Out = print, ready_timeout: float = 1
                 _set_rotation(cfg, models, {address}, gateway_pid)
             if record is not None and alive(record):
                 terminate(record, timeout=30)  # gunicorn's graceful stop: requests in hand are answered
-            proc, _ = spawn(svc.argv, svc.env, cfg.log_file(svc.name), cfg.pid_file(svc.name), REPO, svc.port)
+            proc, _ = launch(cfg, svc)
             reason = _wait(svc, "/readyz" if was_ready else "/healthz", ready_timeout, proc)
             if reason:
                 raise RollingError(f"{svc.name}: did not come back: {reason}; last lines of "

@@ -15,17 +15,17 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
-from stack.catalogue import Service, airflow_env, catalogue, write_airflow_login
+from stack.catalogue import Service, airflow_env, catalogue, launch, served_models, write_airflow_login
 from stack.config import DATABASES, REPO, ConfigError, StackConfig
 from stack.pg import PgCluster, PgError, pg_bindir, port_in_use
-from stack.procs import PidRecord, alive, port_owner, read_pid, spawn, tail, terminate, write_pid
+from stack.procs import PidRecord, alive, port_owner, read_pid, tail, terminate, write_pid
 
 Out = Callable[[str], None]
 
@@ -174,13 +174,18 @@ def _taken(name: str, port: int, variable: str) -> str:
             f"{variable} to another port")
 
 
-def start_stage(cfg: StackConfig, stage: list[Service], started: list[Started], out: Out) -> None:
+def start_stage(cfg: StackConfig, stage: list[Service], started: list[Started], out: Out,
+                rolling: Collection[str] = ()) -> None:
     """Start the services of one stage side by side (they do not depend on each other), then wait for all.
-    A service already running (live PID file) is left alone but must be healthy."""
+    A service already running (live PID file) is left alone but must be healthy; one in `rolling` (started with
+    an older models.yaml entry) is left to the rolling restart that follows."""
     launched: list[tuple[Service, subprocess.Popen, PidRecord]] = []
     for svc in stage:
         pid_path = cfg.pid_file(svc.name)
         record = read_pid(pid_path)
+        if alive(record) and svc.name in rolling:
+            out(f"{svc.name}: running (pid {record.pid}) with an older models.yaml entry: replaced below")
+            continue
         if alive(record):
             reason = wait_healthy(svc, record, None)
             if reason:
@@ -189,7 +194,7 @@ def start_stage(cfg: StackConfig, stage: list[Service], started: list[Started], 
             out(f"{svc.name}: already running (pid {record.pid})")
             continue
         pid_path.unlink(missing_ok=True)  # stale: the process is gone
-        proc, record = spawn(svc.argv, svc.env, cfg.log_file(svc.name), pid_path, REPO, svc.port)
+        proc, record = launch(cfg, svc)
         started.append(Started(svc.name, record))
         launched.append((svc, proc, record))
     began = time.monotonic()
@@ -223,6 +228,47 @@ def stop_record(cfg: StackConfig, name: str, record: PidRecord) -> bool:
     return terminate(record)
 
 
+# --- converging on models.yaml -----------------------------------------------------------------------------
+
+def undeclared(cfg: StackConfig, services: list[Service]) -> list[tuple[str, PidRecord]]:
+    """PID files of model processes this config no longer has: a model removed from models.yaml (or no longer
+    served online), or a replica beyond STACK_SERVING_REPLICAS. A declared model's process of a component this
+    run leaves out (STACK_COMPONENTS) is not one of them: it is left alone."""
+    names = {svc.name for svc in services}
+    declared = set(served_models())
+    found = []
+    for path in sorted(cfg.run_dir.glob("*.pid")) if cfg.run_dir.exists() else []:
+        record = read_pid(path)
+        if path.stem in names or record is None or record.model is None:
+            continue
+        if record.model in declared and not cfg.wants(record.component or ""):
+            continue
+        found.append((path.stem, record))
+    return found
+
+
+def stop_undeclared(cfg: StackConfig, services: list[Service], out: Out) -> list[str]:
+    stopped = []
+    for name, record in undeclared(cfg, services):
+        if stop_record(cfg, name, record):
+            why = (f"model '{record.model}' is no longer served in models.yaml" if record.model not in served_models()
+                   else "no longer in this stack's configuration")
+            out(f"{name}: stopped (pid {record.pid}; {why})")
+            stopped.append(name)
+        cfg.pid_file(name).unlink(missing_ok=True)
+    return stopped
+
+
+def changed(cfg: StackConfig, services: list[Service]) -> list[Service]:
+    """Running model processes started with another models.yaml entry (or command, or port) than now."""
+    out = []
+    for svc in services:
+        record = read_pid(cfg.pid_file(svc.name))
+        if svc.fingerprint and alive(record) and record.fingerprint != svc.fingerprint:
+            out.append(svc)
+    return out
+
+
 def up(cfg: StackConfig, out: Out = print, services: list[Service] | None = None) -> list[Service]:
     """Bring the stack up; on failure stop what this call started and raise StackError.
     `services` replaces the catalogue (tests inject a faulty one)."""
@@ -232,7 +278,16 @@ def up(cfg: StackConfig, out: Out = print, services: list[Service] | None = None
     notes: list[str] = []
     if services is None:
         services, notes = catalogue(cfg)
+    stop_undeclared(cfg, services, out)  # first: they may hold ports the declared services now use
     preflight(cfg, services)
+    stale = changed(cfg, services)
+    rolling = [svc.name for svc in stale if svc.component == "serving"]  # replaced one at a time, at the end
+    for svc in stale:
+        if svc.name not in rolling:  # a worker: stopped here, started again with its stage
+            record = read_pid(cfg.pid_file(svc.name))
+            terminate(record, timeout=30)
+            cfg.pid_file(svc.name).unlink(missing_ok=True)
+            out(f"{svc.name}: stopped (pid {record.pid}; started with an older models.yaml entry)")
     gateway_changed = prepare_gateway(cfg, services)
     prepare_redis(services)
     started: list[Started] = []
@@ -246,7 +301,7 @@ def up(cfg: StackConfig, out: Out = print, services: list[Service] | None = None
                     and not all(alive(read_pid(cfg.pid_file(svc.name))) for svc in stage)):
                 prepare_airflow(cfg, out)
                 airflow_ready = True
-            start_stage(cfg, stage, started, out)
+            start_stage(cfg, stage, started, out, rolling)
     except BaseException:
         for item in reversed(started):
             stop_record(cfg, item.name, item.record)
@@ -256,6 +311,13 @@ def up(cfg: StackConfig, out: Out = print, services: list[Service] | None = None
         raise
     if gateway_changed:
         reload_gateway(cfg, started, out)
+    if rolling:
+        from stack.rolling import RollingError, rolling_restart
+
+        try:
+            rolling_restart(cfg, out, names=rolling)
+        except RollingError as exc:
+            raise StackError(str(exc)) from exc
     for note in notes:
         out(f"note: {note}")
     write_env_file(cfg)
@@ -362,8 +424,14 @@ def status_rows(cfg: StackConfig) -> list[tuple[str, str, str, str, str]]:
             rows.append((svc.name, "-", str(svc.port or "-"), health, svc.url or ""))
             continue
         reason = svc.health(None)
-        rows.append((svc.name, str(record.pid), str(svc.port or "-"), "healthy" if reason is None
-                     else f"unhealthy: {reason}", svc.url or ""))
+        health = "healthy" if reason is None else f"unhealthy: {reason}"
+        if svc.fingerprint and record.fingerprint != svc.fingerprint:
+            health += "; started with an older models.yaml entry (`make up` replaces it)"
+        rows.append((svc.name, str(record.pid), str(svc.port or "-"), health, svc.url or ""))
+    for name, record in undeclared(cfg, services):  # started by `make up`, no longer declared: still listed
+        state = "running" if alive(record) else "stopped (stale PID file)"
+        rows.append((name, str(record.pid) if alive(record) else "-", str(record.port or "-"),
+                     f"{state}; not declared (model '{record.model}'; `make up` stops it)", ""))
     return rows
 
 

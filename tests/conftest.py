@@ -13,10 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import time
 
 import pytest
 
 from stack.pg import PgCluster
+from testing.calibration import calibrate
 from testing.platform import Platform, airflow_environment, migrate_airflow_db, train_champion
 
 FEATURE_END = dt.date(2026, 11, 1)  # last day of demo feature history in the test database
@@ -27,6 +29,34 @@ SERVICE_FIXTURES = frozenset({"pg_cluster", "db_url", "mlflow_server", "demo_fea
                               "airflow_db"})
 
 _state: dict = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--lane-target", type=float, default=None, metavar="RATIO",
+                     help="the run's wall time as a multiple of testing/calibration.py's workload, measured in "
+                          "the same run, must stay under RATIO (make test-fast sets it); reported, not enforced")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        _state["calibration_start"] = calibrate()
+        _state["started"] = time.perf_counter()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The run's time beside the machine's speed measured in the same run (at its start and end): their ratio is
+    what the fast lane's target is, so that it means the same on a slower or busier machine."""
+    if "started" not in _state:
+        return
+    elapsed = time.perf_counter() - _state["started"]
+    unit = (_state["calibration_start"] + calibrate()) / 2
+    ratio = elapsed / unit
+    line = (f"lane time {elapsed:.1f} s = {ratio:.0f} x calibration ({unit * 1000:.1f} ms, testing/calibration.py, "
+            f"mean of this run's start and end)")
+    target = config.getoption("lane_target")
+    if target is not None:
+        line += f"; target < {target:.0f} x: {'met' if ratio < target else 'MISSED'}"
+    terminalreporter.write_line(line)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -139,3 +140,56 @@ def test_missing_postgres_binaries_are_named(home: Path) -> None:
     assert result.returncode == 1
     assert "postgres: /nonexistent/bin/initdb not found" in result.stderr
     assert not list(cfg.run_dir.glob("*.pid"))
+
+
+def _alive_pids(cfg: StackConfig) -> dict[str, int]:
+    return {p.stem: r.pid for p in cfg.run_dir.glob("*.pid") if (r := read_pid(p)) and psutil.pid_exists(r.pid)}
+
+
+def test_up_converges_on_models_yaml(home: Path, light_serving: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed entry's replicas and worker are replaced, a removed entry's are stopped (and listed by status
+    until then), the untouched model's processes are left alone."""
+    import yaml
+
+    if not serving_available():
+        pytest.skip("no serving app in this checkout")
+    document = yaml.safe_load((REPO / "models.yaml").read_text())
+    assert {"churn", "spend"} <= set(document["models"])
+    models_file = home / "models.yaml"
+    monkeypatch.setenv("MODELS_FILE", str(models_file))
+    models_file.write_text(yaml.safe_dump(document))
+    cfg = dataclasses.replace(_config(home, frozenset({"postgres", "serving", "worker"})), replicas=1)
+    log: list[str] = []
+    try:
+        up(cfg, out=log.append)
+        first = _alive_pids(cfg)
+        spend = {"serving-spend-1", "worker-spend"}
+        assert spend | {"serving-churn-1", "worker-churn"} <= set(first), first
+
+        document["models"]["spend"]["serving"]["latency_budget_ms"] = 30  # a changed entry
+        models_file.write_text(yaml.safe_dump(document))
+        assert any("older models.yaml entry" in row[3] for row in status_rows(cfg) if row[0] in spend)
+        log.clear()
+        up(cfg, out=log.append)
+        second = _alive_pids(cfg)
+        assert all(second[name] != first[name] for name in spend), (first, second, log)
+        assert all(second[name] == first[name] for name in ("serving-churn-1", "worker-churn", "postgres"))
+        assert not any(psutil.pid_exists(first[name]) and psutil.Process(first[name]).status()
+                       != psutil.STATUS_ZOMBIE for name in spend), "the old processes are gone"
+        assert all(row[3] == "healthy" for row in status_rows(cfg)), status_rows(cfg)
+
+        del document["models"]["spend"]  # a removed entry: still listed, as not declared, until `up`
+        models_file.write_text(yaml.safe_dump(document))
+        rows = {row[0]: row for row in status_rows(cfg)}
+        assert all("not declared" in rows[name][3] and rows[name][1] == str(second[name]) for name in spend), rows
+        log.clear()
+        up(cfg, out=log.append)
+        third = _alive_pids(cfg)
+        assert not spend & set(third), third
+        assert not any(psutil.pid_exists(second[name]) for name in spend)
+        assert all(third[name] == first[name] for name in ("serving-churn-1", "worker-churn"))
+        assert any("serving-spend-1: stopped" in line and "no longer served" in line for line in log), log
+        assert {row[0] for row in status_rows(cfg)} == {"postgres", "serving-churn-1", "worker-churn"}
+    finally:
+        down(cfg, out=log.append)
+        print("\n".join(log))
