@@ -4,7 +4,7 @@
 interface built every time, a class defined per call) around a C call that takes ~50 µs for one row of our
 models: two thirds of a single-row prediction. `DensePredictor` makes the same C call
 (`XGBoosterPredictFromDense`) with the same configuration, built once, so its predictions are the ones
-`inplace_predict` returns, bit for bit (tests/test_scorer.py checks it). It relies on `xgboost.core` internals,
+`inplace_predict` returns, bit for bit (tests/test_dense_predict.py checks it). It relies on `xgboost.core` internals,
 which is why the version is pinned in requirements.txt.
 
 Thread-safe as `inplace_predict` is: XGBoost keeps the output buffer per thread, and it is copied out before

@@ -117,7 +117,6 @@ class Job:
     error: str | None = None
     worker_id: str | None = None
     idempotency_key: str | None = None
-    callback_url: str | None = None
     result_writes: int = 0
     owner: str = ANONYMOUS
     expires_at: dt.datetime | None = None
@@ -141,8 +140,8 @@ class Job:
 
 
 _JOB_COLUMNS = ("id, model_name AS model, status, n_records, attempts, max_attempts, created_at, started_at, "
-                "finished_at, model_version, result, error, worker_id, idempotency_key, callback_url, result_writes, "
-                "owner, expires_at")
+                "finished_at, model_version, result, error, worker_id, idempotency_key, result_writes, owner, "
+                "expires_at")
 
 
 def _job(row: dict[str, Any]) -> Job:
@@ -157,7 +156,6 @@ class NewJob:
     idempotency_key: str | None = None
     owner: str = ANONYMOUS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    callback_url: str | None = None
     ttl_s: float | None = None  # a queued job not claimed within this ends `expired`; None = never
 
 
@@ -180,7 +178,7 @@ def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
     A key seen twice in `jobs` (a client's retry racing its first try) makes one job; both get it back.
     ValueError (nothing inserted) when a job is empty or holds a value JSON cannot store.
     """
-    ids, payloads, sizes, keys, owners, attempts, callbacks, ttls = [], [], [], [], [], [], [], []
+    ids, payloads, sizes, keys, owners, attempts, ttls = [], [], [], [], [], [], []
     for index, job in enumerate(jobs):
         if not job.records:
             raise ValueError(f"job {index}: a job needs at least one record")
@@ -196,7 +194,6 @@ def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
         keys.append(job.idempotency_key)
         owners.append(job.owner)
         attempts.append(job.max_attempts)
-        callbacks.append(job.callback_url)
         ttls.append(job.ttl_s)
     out: list[Submitted | IdempotencyConflict | None] = [None] * len(jobs)
     todo = list(range(len(jobs)))
@@ -210,19 +207,19 @@ def insert_jobs(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob]
             cur.execute(
                 f"""WITH ins AS (
                         INSERT INTO {TABLE} (id, model_name, payload, n_records, max_attempts, idempotency_key,
-                                             callback_url, owner, expires_at, payload_bytes)
-                        SELECT v.id, %s, v.payload, v.n, v.attempts, v.key, v.callback, v.owner,
+                                             owner, expires_at, payload_bytes)
+                        SELECT v.id, %s, v.payload, v.n, v.attempts, v.key, v.owner,
                                now() + make_interval(secs => v.ttl), v.bytes
                         FROM ROWS FROM (json_to_recordset(%s::json) AS (
-                                 id uuid, payload json, n int, attempts int, key text, callback text, owner text,
+                                 id uuid, payload json, n int, attempts int, key text, owner text,
                                  ttl float8, bytes int)) WITH ORDINALITY
-                             AS v(id, payload, n, attempts, key, callback, owner, ttl, bytes, ord)
+                             AS v(id, payload, n, attempts, key, owner, ttl, bytes, ord)
                         ORDER BY v.ord
                         ON CONFLICT (model_name, owner, idempotency_key) DO NOTHING RETURNING {_JOB_COLUMNS}),
                     notified AS MATERIALIZED (SELECT pg_notify(%s, '') FROM (SELECT FROM ins LIMIT 1) one)
                     SELECT ins.* FROM ins LEFT JOIN notified ON true""",
                 (model, _rows_document([{"id": str(ids[i]), "n": len(jobs[i].records), "attempts": attempts[i],
-                                         "key": keys[i], "callback": callbacks[i], "owner": owners[i],
+                                         "key": keys[i], "owner": owners[i],
                                          "ttl": ttls[i], "bytes": sizes[i]} for i in todo],
                                        [payloads[i] for i in todo]), channel(model)))
             created = {row["id"]: row for row in cur.fetchall()}
@@ -275,7 +272,7 @@ def submit_many(conn: psycopg.Connection, model: str, jobs: Sequence[NewJob], *,
 
 def submit(conn: psycopg.Connection, model: str, records: Sequence[Mapping[str, Any]], *,
            idempotency_key: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-           callback_url: str | None = None, owner: str = ANONYMOUS, ttl_s: float | None = None) -> Submitted:
+           owner: str = ANONYMOUS, ttl_s: float | None = None) -> Submitted:
     """Queue a job of already-validated records; returns (job, created).
 
     With an idempotency key this owner already used for this model, the existing job is returned (created=False)
@@ -283,8 +280,7 @@ def submit(conn: psycopg.Connection, model: str, records: Sequence[Mapping[str, 
     """
     if not records:
         raise ValueError("a job needs at least one record")
-    result = submit_many(conn, model, [NewJob(records, idempotency_key, owner, max_attempts, callback_url,
-                                              ttl_s)])[0]
+    result = submit_many(conn, model, [NewJob(records, idempotency_key, owner, max_attempts, ttl_s)])[0]
     if isinstance(result, IdempotencyConflict):
         raise result
     return result

@@ -54,9 +54,6 @@ class Settings:
         return settings
 
 
-ServingSettings = Settings
-
-
 @dataclass(frozen=True)
 class GunicornSettings:
     """What serving/gunicorn.conf.py hands to gunicorn."""

@@ -40,7 +40,6 @@ class HolderStats:
     refused: int = 0  # versions that failed to load or to smoke-score
     checks: int = 0
     last_error: str | None = None
-    last_error_at: float | None = None
     last_check_at: float | None = None
     refused_versions: dict[str, str] = field(default_factory=dict)  # version -> reason
 
@@ -95,7 +94,6 @@ class ModelHolder:
 
     def _note_error(self, message: str) -> None:
         self.stats.last_error = message
-        self.stats.last_error_at = time.time()
 
     def check_now(self) -> bool:
         """One poll: resolve the alias and swap if it moved. True when a new version was swapped in."""
