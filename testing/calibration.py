@@ -1,6 +1,7 @@
 """A fixed pure-Python workload whose time says how fast this machine runs Python right now.
 
-The fast lane's time is printed as a multiple of it (tests/conftest.py), so that its target holds on a slower or
+The fast lane's time is printed as a multiple of it (tests/conftest.py samples it at the start, every
+SAMPLE_EVERY tests and at the end of the run, and takes the median), so that its target holds on a slower or
 busier machine as on a quiet fast one: a lane that got slower because its tests did shows as a higher ratio, one
 that ran on a loaded machine does not.
 """
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import time
 
-REPEATS = 5  # the fastest of these is kept: noise from other processes only ever adds time
+EDGE_SAMPLES = 5  # at the start and at the end of a run
+SAMPLE_EVERY = 10  # tests between two samples during the run
 
 
 def workload() -> int:
     """What test code spends its pure-Python time on: dict and list building, string formatting, integer maths,
-    attribute lookups. Fixed: never change it without re-deriving the lane's target ratio (Makefile)."""
+    sorting with a key function. Fixed: never change it without re-deriving the lane's target ratio (Makefile)."""
     counts: dict[str, int] = {}
     rows: list[tuple[int, str]] = []
     for i in range(12_000):
@@ -25,15 +27,18 @@ def workload() -> int:
     return sum(counts.values()) + len(rows) + rows[0][0]
 
 
-def calibrate(repeats: int = REPEATS) -> float:
-    """Seconds of one `workload()` run, the fastest of `repeats`."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        workload()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def sample() -> float:
+    """Seconds of one `workload()` run."""
+    t0 = time.perf_counter()
+    workload()
+    return time.perf_counter() - t0
+
+
+def calibration_samples(n: int = EDGE_SAMPLES) -> list[float]:
+    return [sample() for _ in range(n)]
 
 
 if __name__ == "__main__":
-    print(f"{calibrate(20) * 1000:.1f} ms")
+    import statistics
+
+    print(f"{statistics.median(calibration_samples(20)) * 1000:.1f} ms (median of 20)")

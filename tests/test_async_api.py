@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-import psycopg
 import pytest
 
 from scoring import job_queue
@@ -42,12 +41,6 @@ def app(db_url):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-@pytest.fixture
-def conn(db_url):
-    with psycopg.connect(db_url, autocommit=True) as c:
-        yield c
 
 
 def n_jobs(conn) -> int:

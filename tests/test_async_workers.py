@@ -47,12 +47,6 @@ def workers(tmp_path, db_url, mlflow_server, trained_models):
         w.kill()
 
 
-@pytest.fixture
-def conn(db_url):
-    with psycopg.connect(db_url, autocommit=True) as c:
-        yield c
-
-
 def records(n: int, day: int = 2, seed: int = 11) -> list[dict]:
     frame = generate_day(dt.date(2026, 11, day), n, seed=seed)
     return frame.to_dict(orient="records")

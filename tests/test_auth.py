@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from inprocess import RECORD, churn_spec, make_app, train_scorer
+from inprocess import RECORD, make_app
 
 from serving.auth import Authorizer, TokenConfigError, hash_token, main, parse_entries
 from serving.dataplane import EXTENSION_KEY as DATAPLANE
@@ -22,11 +22,6 @@ ENTRIES = " ".join(f"{name}:{hash_token(tok)}:{scopes}" for name, (tok, scopes) 
 
 def bearer(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[name][0]}"}
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return train_scorer(churn_spec())
 
 
 @pytest.fixture

@@ -22,12 +22,6 @@ def model() -> str:
     return f"t_{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def conn(db_url):
-    with psycopg.connect(db_url, autocommit=True) as c:
-        yield c
-
-
 def _concurrently(n: int, fn) -> list:
     """fn(i) from n threads released together; their results (or exceptions) in order."""
     out: list = [None] * n

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from inprocess import RECORD, churn_spec, make_app, train_scorer
+from inprocess import RECORD, churn_spec, make_app
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
@@ -20,11 +20,6 @@ TOKEN = "t0ken"
 NAMES = churn_spec().feature_names
 ROW = encode(churn_spec(), [{**RECORD, "region": "north", "data_usage_gb": 1.0}]).matrix[0].astype(float).tolist()
 INFER = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, len(NAMES)], "data": ROW}]}
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return train_scorer(churn_spec())
 
 
 @pytest.fixture(scope="module")

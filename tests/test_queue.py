@@ -16,12 +16,6 @@ ROW = {"tenure_months": 12, "plan": "basic", "region": None}
 
 
 @pytest.fixture
-def conn(db_url: str):
-    with psycopg.connect(db_url, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
 def model() -> str:
     """A model name of its own per test, so that tests never see each other's jobs."""
     return f"t_{uuid.uuid4().hex[:10]}"

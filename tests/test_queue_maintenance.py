@@ -6,9 +6,6 @@ import datetime as dt
 import uuid
 from pathlib import Path
 
-import psycopg
-import pytest
-
 from scoring import job_queue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,12 +17,6 @@ def _dag():
     bag = DagBag(dag_folder=str(REPO / "dags" / "queue_maintenance.py"), safe_mode=False)
     assert bag.import_errors == {}
     return bag.dags["queue_maintenance"]
-
-
-@pytest.fixture
-def conn(db_url):
-    with psycopg.connect(db_url, autocommit=True) as c:
-        yield c
 
 
 def test_dag_shape():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from flask import Flask
-from inprocess import RECORD, churn_spec, make_app, train_scorer
+from inprocess import RECORD, churn_spec, make_app
 from prometheus_client import REGISTRY
 
 from scoring.encoding import encode
@@ -20,11 +20,6 @@ NAMES = churn_spec().feature_names
 ROW = encode(churn_spec(), [{**RECORD, "region": "north", "data_usage_gb": 1.0}]).matrix[0].astype(float).tolist()
 INFER = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, len(NAMES)], "data": ROW}]}
 SPLIT = {"dataframe_split": {"columns": NAMES, "data": [ROW]}}
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return train_scorer(churn_spec())
 
 
 @pytest.fixture
