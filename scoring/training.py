@@ -32,13 +32,12 @@ import numpy as np
 import pandas as pd
 import psycopg
 import xgboost as xgb
-from mlflow.models import infer_signature
 from psycopg import sql
 
-from scoring.encoding import encode
+from scoring.model_matrix import model_matrix, model_signature
 from scoring.monitoring import metrics
 from scoring.monitoring.profile import build_reference, log_reference
-from scoring.registry import CHALLENGER, CHAMPION, RegistryError, client, load_booster, resolve_version
+from scoring.registry import CHALLENGER, CHAMPION, AliasNotFoundError, client, load_booster, resolve_version
 from scoring.scorer import ModelMismatchError, Scorer
 from scoring.spec import ModelSpec, validate_xgboost_params
 
@@ -204,10 +203,10 @@ def load_window(conn: psycopg.Connection, spec: ModelSpec, window: Window, *,
 
 
 def _encode_part(spec: ModelSpec, raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    encoded = encode(spec, raw[spec.feature_names], reject=True)
-    data = pd.DataFrame(encoded.matrix.astype(np.float64), columns=spec.feature_names)
-    data[spec.label] = raw[spec.label].to_numpy()[encoded.valid]
-    return data, encoded.n_rejected
+    matrix = model_matrix(spec, raw)
+    data = matrix.features
+    data[spec.label] = raw[spec.label].to_numpy()[matrix.valid]
+    return data, matrix.n_rejected
 
 
 def _records(spec: ModelSpec, raw: pd.DataFrame, n: int = 50) -> list[dict[str, Any]]:
@@ -363,10 +362,8 @@ def decide(spec: ModelSpec, candidate: float, baseline: float, champion: tuple[s
 def _alias(spec: ModelSpec, alias: str) -> str | None:
     try:
         return resolve_version(spec.name, alias)
-    except RegistryError as exc:
-        if "no version with alias" in str(exc):
-            return None
-        raise
+    except AliasNotFoundError:
+        return None
 
 
 def _current_champion(spec: ModelSpec) -> str | None:
@@ -467,7 +464,7 @@ def train_and_log(spec: ModelSpec, data: TrainingData, *, overrides: dict[str, A
                             "train_rows": len(data.train), "holdout_rows": len(data.holdout),
                             "rows_dropped": data.rows_dropped, "fit_seconds": fit_seconds})
         mlflow.set_tags(tags)
-        signature = infer_signature(example, model.predict(example))
+        signature = model_signature(spec, example, model.predict(example))
         if profile is not None:
             log_reference(profile)
         info = mlflow.xgboost.log_model(model, name="model", signature=signature, input_example=example,

@@ -292,6 +292,41 @@ def show_curl(cfg: StackConfig, model: str, index: int, day: dt.date, entity_id:
     say(f"  -> HTTP {status}: {text.strip()[:400]}")
 
 
+# --- 6. bring your own model ----------------------------------------------------------------------------------
+
+def train_outside_platform(db_url: str, model: str, end: dt.date, *, registered_name: str | None = None,
+                           xgb_params: dict[str, Any] | None = None) -> str:
+    """What a data scientist's notebook does (README "Bring your own model"), in plain Python: read labelled rows,
+    build the matrix with the platform's encoder, fit XGBoost, log the version with its signature. No platform
+    training code runs: the version is registered without any gate decision. Returns the version."""
+    import mlflow
+    import pandas as pd
+    import xgboost as xgb
+
+    from scoring.model_matrix import model_matrix, model_signature
+    from scoring.spec import load_spec
+    from scoring.training import pip_requirements
+
+    spec = load_spec(model)
+    src = spec.source
+    with psycopg.connect(db_url) as conn:
+        cur = conn.execute(f"SELECT {', '.join(spec.feature_names)}, {spec.label} FROM {src.table} "  # noqa: S608
+                           f"WHERE {src.date_column} >= %s AND {src.date_column} < %s AND {spec.label} IS NOT NULL",
+                           (end - dt.timedelta(days=spec.training.history_days), end))
+        df = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+    m = model_matrix(spec, df)  # the platform's encoder: spec order, category codes, NaN for missing
+    y = df[spec.label].astype(float)[m.valid]
+    params = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.2, **(xgb_params or {})}
+    model_cls = xgb.XGBClassifier if spec.is_classifier else xgb.XGBRegressor
+    fitted = model_cls(**params).fit(m.features, y)
+    mlflow.set_experiment(f"notebooks/{model}")
+    with mlflow.start_run(run_name=f"notebook_{model}"):
+        info = mlflow.xgboost.log_model(fitted, name="model", registered_model_name=registered_name or model,
+                                        signature=model_signature(spec, m.features, fitted.predict(m.features)),
+                                        pip_requirements=pip_requirements())
+    return str(info.registered_model_version)
+
+
 # --- main ----------------------------------------------------------------------------------------------------
 
 def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: float,

@@ -44,17 +44,15 @@ def _first_start_skip(spec: ModelSpec, context: Mapping[str, Any], reason: str) 
     train on until features arrive, and nothing is broken. With a champion, the same problem fails the run."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from scoring.registry import CHAMPION, RegistryError, resolve_version
+    from scoring.registry import CHAMPION, AliasNotFoundError, resolve_version
 
     if run_kind(context) != "scheduled":
         return
     try:
         resolve_version(spec.name, CHAMPION)
-    except RegistryError as exc:
-        if "no version with alias" in str(exc):
-            raise AirflowSkipException(f"model '{spec.name}' has no champion yet and {reason}; skipped, not failed "
-                                       f"(a first start: trigger train_{spec.name} once features are loaded)") from exc
-        raise
+    except AliasNotFoundError as exc:
+        raise AirflowSkipException(f"model '{spec.name}' has no champion yet and {reason}; skipped, not failed "
+                                   f"(a first start: trigger train_{spec.name} once features are loaded)") from exc
 
 
 def train_params() -> dict[str, Param]:
