@@ -294,11 +294,12 @@ def show_curl(cfg: StackConfig, model: str, index: int, day: dt.date, entity_id:
 
 # --- 6. bring your own model ----------------------------------------------------------------------------------
 
-def train_outside_platform(db_url: str, model: str, end: dt.date, *, registered_name: str | None = None,
+def train_outside_platform(db_url: str, model: str, end: dt.date, *,
                            xgb_params: dict[str, Any] | None = None) -> str:
     """What a data scientist's notebook does (README "Bring your own model"), in plain Python: read labelled rows,
-    build the matrix with the platform's encoder, fit XGBoost, log the version with its signature. No platform
-    training code runs: the version is registered without any gate decision. Returns the version."""
+    build the matrix with the platform's encoder, fit XGBoost, log the version with its signature. It trains on
+    the days before the gate's held-out week of the window ending at `end`, so the gate judges it on rows it has
+    not seen. No platform training code runs: the version has no gate decision yet. Returns the version."""
     import mlflow
     import pandas as pd
     import xgboost as xgb
@@ -312,7 +313,8 @@ def train_outside_platform(db_url: str, model: str, end: dt.date, *, registered_
     with psycopg.connect(db_url) as conn:
         cur = conn.execute(f"SELECT {', '.join(spec.feature_names)}, {spec.label} FROM {src.table} "  # noqa: S608
                            f"WHERE {src.date_column} >= %s AND {src.date_column} < %s AND {spec.label} IS NOT NULL",
-                           (end - dt.timedelta(days=spec.training.history_days), end))
+                           (end - dt.timedelta(days=spec.training.history_days),
+                            end - dt.timedelta(days=spec.training.holdout_days)))
         df = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
     m = model_matrix(spec, df)  # the platform's encoder: spec order, category codes, NaN for missing
     y = df[spec.label].astype(float)[m.valid]
@@ -321,7 +323,7 @@ def train_outside_platform(db_url: str, model: str, end: dt.date, *, registered_
     fitted = model_cls(**params).fit(m.features, y)
     mlflow.set_experiment(f"notebooks/{model}")
     with mlflow.start_run(run_name=f"notebook_{model}"):
-        info = mlflow.xgboost.log_model(fitted, name="model", registered_model_name=registered_name or model,
+        info = mlflow.xgboost.log_model(fitted, name="model", registered_model_name=model,
                                         signature=model_signature(spec, m.features, fitted.predict(m.features)),
                                         pip_requirements=pip_requirements())
     return str(info.registered_model_version)
