@@ -10,6 +10,9 @@
 4. the predictions trigger `monitor_<model>`: its run for today raises the alert on the drifted feature
    (that failed `alert` task is the demo's point), and the report's URL is printed;
 5. prints (and runs) a SQL query over the results and a curl against the serving app.
+
+`python -m stack.demo --bring-your-own` (after it): a churn version trained outside the platform, in plain Python
+with scoring.model_matrix, is logged to MLflow and judged by evaluate_churn; prints the gate's decision and reason.
 """
 
 from __future__ import annotations
@@ -329,6 +332,33 @@ def train_outside_platform(db_url: str, model: str, end: dt.date, *,
     return str(info.registered_model_version)
 
 
+def show_bring_your_own(cfg: StackConfig, timeout: float, model: str = "churn") -> None:
+    """A version of `model` trained outside the platform (train_outside_platform), judged by evaluate_<model>
+    through Airflow's REST API like any version; prints the gate's decision and reason from the version's tags."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    api = AirflowClient(cfg.airflow_url, cfg.admin_user, cfg.admin_password)
+    wait_for_dags(api, [f"evaluate_{model}"], timeout=180)
+    mlflow.set_tracking_uri(cfg.mlflow_url)
+    today = dt.datetime.now(dt.UTC).date()
+    say(f"\nBring your own model ({model} trained in plain Python, judged by evaluate_{model}):")
+    version = train_outside_platform(cfg.db_url("serving"), model, today)
+    say(f"  logged {model} version {version} with scoring.model_matrix (README: Bring your own model)")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    run_id = f"byo__v{version}__{now:%Y%m%dT%H%M%S}"
+    api.trigger(f"evaluate_{model}", run_id, now, conf={"version": version})
+    say(f"  evaluate_{model}: triggered run {run_id} with conf {{\"version\": \"{version}\"}}")
+    state = api.wait(f"evaluate_{model}", run_id, timeout)
+    tags = MlflowClient(tracking_uri=cfg.mlflow_url).get_model_version(model, version).tags
+    say(f"  evaluate_{model}: {state}; decision: {tags.get('gate.decision', 'none')}; "
+        f"reason: {tags.get('gate.reason', '(none recorded)')}")
+    if tags.get("gate.decision") == "promoted":
+        say(f"  version {version} is the champion: serving reloads it, predict_{model} re-scores today")
+    elif tags.get("gate.challenger") == "true":
+        say(f"  version {version} is the challenger: the nightly run scores it in shadow")
+
+
 # --- main ----------------------------------------------------------------------------------------------------
 
 def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: float,
@@ -419,11 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-from", type=dt.date.fromisoformat, default=dt.datetime.now(dt.UTC).date(),
                         metavar="YYYY-MM-DD", help="plant the demo data's drift from this date on (default: today)")
     parser.add_argument("--no-drift", action="store_true", help="no planted drift")
+    parser.add_argument("--bring-your-own", action="store_true",
+                        help="only: log a churn version trained outside the platform and gate it (after make demo)")
     args = parser.parse_args(argv)
     began = time.monotonic()
     try:
-        demo(StackConfig.from_env(), args.retrain, args.days, args.customers, args.timeout,
-             None if args.no_drift else args.drift_from)
+        if args.bring_your_own:
+            show_bring_your_own(StackConfig.from_env(), args.timeout)
+        else:
+            demo(StackConfig.from_env(), args.retrain, args.days, args.customers, args.timeout,
+                 None if args.no_drift else args.drift_from)
     except (DemoError, AirflowApiError, ConfigError, psycopg.Error) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import requests
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "byo_churn"
@@ -30,20 +29,12 @@ WORSE = {"n_estimators": 1, "max_depth": 1}
 
 @pytest.fixture(scope="module")
 def byo(tmp_path_factory, airflow_db, db_url, demo_features, mlflow_server):
-    from scoring.spec import load_spec
-    from scoring.store import ensure_prediction_table
+    from testing.model_copy import write_model_copy
 
-    document = yaml.safe_load((REPO / "models.yaml").read_text())
-    churn = document["models"]["churn"]
-    document["models"] = {MODEL: dict(churn, prediction_table=f"predictions.{MODEL}",
-                                      serving={"mode": "both", "latency_budget_ms": 250})}
-    spec_file = tmp_path_factory.mktemp("byo") / "models.yaml"
-    spec_file.write_text(yaml.safe_dump(document))
+    spec_file = write_model_copy(MODEL, tmp_path_factory.mktemp("byo"), db_url,
+                                 serving={"mode": "both", "latency_budget_ms": 250})
     mp = pytest.MonkeyPatch()
     mp.setenv("MODELS_FILE", str(spec_file))
-    with psycopg.connect(db_url) as conn:
-        ensure_prediction_table(conn, load_spec(MODEL))
-        conn.commit()
     yield {"end": demo_features + dt.timedelta(days=1), "day": demo_features, "models_file": str(spec_file)}
     mp.undo()
 

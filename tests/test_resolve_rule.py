@@ -21,14 +21,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import psycopg
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = "rule_churn"
 
 
@@ -43,19 +40,11 @@ class Registry:
 @pytest.fixture(scope="module")
 def rule_model(tmp_path_factory, db_url, demo_features, mlflow_server) -> Registry:
     from scoring.registry import client
-    from scoring.spec import load_spec
-    from scoring.store import ensure_prediction_table
     from stack.demo import train_outside_platform
+    from testing.model_copy import write_model_copy
 
-    document = yaml.safe_load((REPO / "models.yaml").read_text())
-    document["models"] = {MODEL: dict(document["models"]["churn"], prediction_table=f"predictions.{MODEL}")}
-    spec_file = tmp_path_factory.mktemp("rule") / "models.yaml"
-    spec_file.write_text(yaml.safe_dump(document))
     mp = pytest.MonkeyPatch()
-    mp.setenv("MODELS_FILE", str(spec_file))
-    with psycopg.connect(db_url) as conn:
-        ensure_prediction_table(conn, load_spec(MODEL))
-        conn.commit()
+    mp.setenv("MODELS_FILE", str(write_model_copy(MODEL, tmp_path_factory.mktemp("rule"), db_url)))
     mc = client()
     logged = train_outside_platform(db_url, MODEL, demo_features + dt.timedelta(days=1),
                                     xgb_params={"n_estimators": 10, "max_depth": 3})
