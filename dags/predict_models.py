@@ -19,7 +19,7 @@ from typing import Any
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from airflow_tasks import predict_tasks
-from airflow_tasks.training_tasks import promotion_asset
+from airflow_tasks.gate_tasks import promotion_asset
 from scoring.spec import ModelSpec, load_specs
 
 START = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # runs (and backfills) need logical dates after it

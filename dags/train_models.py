@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from airflow_tasks import training_tasks
+from airflow_tasks import gate_tasks, training_tasks
 from scoring.spec import ModelSpec, load_specs
 
 START = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # runs (and backfills) need logical dates after it
@@ -46,7 +46,7 @@ def build(spec: ModelSpec) -> DAG:
             return training_tasks.train(spec, window, context)
 
         # idempotent: re-decides on the same rows; a promotion publishes the champion Asset (via the alias)
-        @task(retries=2, retry_delay=dt.timedelta(seconds=30), outlets=[training_tasks.promotion_alias(spec)])
+        @task(retries=2, retry_delay=dt.timedelta(seconds=30), outlets=[gate_tasks.promotion_alias(spec)])
         def gate(candidate: dict[str, Any], **context: Any) -> dict[str, Any]:
             return training_tasks.gate(spec, candidate, context)
 

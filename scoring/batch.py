@@ -29,12 +29,13 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import psycopg
 
 from scoring import batch_pipeline, batch_sql, settings
+from scoring.registry import Resolved
 from scoring.scorer import Scorer
 from scoring.spec import ModelSpec
 
@@ -149,6 +150,7 @@ class RunResult:
     rows_scored: int
     rows_rejected: int
     duration_s: float
+    resolved: Resolved | None = None  # what run_batch's version resolved to and how it passed the gate rule
 
 
 def source_column_types(conn: psycopg.Connection, spec: ModelSpec) -> dict[str, str]:
@@ -362,17 +364,22 @@ def drop_expired(conn: psycopg.Connection, spec: ModelSpec, today: dt.date, poli
 
 def run_batch(spec: ModelSpec, day: dt.date, run_id: str, *, version: str | None = None, url: str | None = None,
               scorer: Scorer | None = None, shards: int | None = None, chunk_rows: int | None = None,
-              policy: LockPolicy | None = None) -> RunResult:
-    """The whole run in this process (CLI, bench, tests): the same steps the DAG runs as separate tasks.
+              policy: LockPolicy | None = None, allow_ungated: bool | None = None) -> RunResult:
+    """The whole run in this process (CLI, bench, tests): the same steps the DAG runs as separate tasks, and the
+    same rule for the version: resolved and approved by `resolve_approved` (NotApprovedError for a version the
+    gate did not promote, unless `allow_ungated`, default SERVING_ALLOW_UNGATED).
 
     `scorer` replaces the registry lookup of `version`; tests hand in a wrapped one to stall or fail mid-load."""
     from scoring.db import connect
-    from scoring.registry import CHAMPION, resolve_version
+    from scoring.registry import CHAMPION, resolve_approved
 
+    resolved = None
     with connect(url) as conn, connect(url) as read_conn:
         check_features(conn, spec, day)
         if scorer is None:
-            scorer = Scorer.from_registry(spec, resolve_version(spec.name, version or CHAMPION))
+            resolved = resolve_approved(spec.name, version or CHAMPION, allow_ungated=allow_ungated)
+            (log.warning if resolved.ungated else log.info)("model %s: %s", spec.name, resolved.describe())
+            scorer = Scorer.from_registry(spec, resolved.version)
         plan = prepare(conn, spec, day, run_id, scorer.version, shards)
         try:
             for shard in range(plan.shards):
@@ -381,12 +388,13 @@ def run_batch(spec: ModelSpec, day: dt.date, run_id: str, *, version: str | None
             conn.rollback()
             fail_run(conn, plan, f"{type(exc).__name__}: {exc}")
             raise
-        return swap_or_fail(conn, spec, plan, policy)
+        return replace(swap_or_fail(conn, spec, plan, policy), resolved=resolved)
 
 
 def main(argv: list[str] | None = None) -> int:
     from scoring.db import database_url
-    from scoring.settings import SettingsError
+    from scoring.registry import RegistryError
+    from scoring.settings import CoreSettings, SettingsError
     from scoring.spec import SpecError, load_spec
 
     parser = argparse.ArgumentParser(description="Score one model for one date into its prediction table.")
@@ -402,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a bad setting or model name stops here, in one line, before any work
         spec = load_spec(args.model)
         LockPolicy.from_env()
+        CoreSettings.from_env()  # SERVING_ALLOW_UNGATED, DATABASE_URL, ...
         database_url()
     except (SettingsError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -409,10 +418,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_batch(spec, args.date, run_id, version=args.version, shards=args.shards,
                            chunk_rows=args.chunk_rows)
-    except BatchError as exc:
+    except (BatchError, RegistryError) as exc:  # e.g. a version the gate did not promote, named
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    resolved = result.resolved
+    if resolved is not None and resolved.ungated:
+        print(f"warning: wrote {result.rows_scored} predictions of model '{args.model}' with {resolved.describe()}",
+              file=sys.stderr)
     print(json.dumps({"model": args.model, "date": str(args.date), "version": result.plan.version,
+                      "gate_decision": resolved.decision if resolved else None,
+                      "ungated": bool(resolved and resolved.ungated),
                       "rows_scored": result.rows_scored, "rows_rejected": result.rows_rejected,
                       "duration_s": round(result.duration_s, 3)}))
     return 0

@@ -32,13 +32,12 @@ import numpy as np
 import pandas as pd
 import psycopg
 import xgboost as xgb
-from mlflow.models import infer_signature
 from psycopg import sql
 
-from scoring.encoding import encode
+from scoring.model_matrix import model_matrix, model_signature
 from scoring.monitoring import metrics
 from scoring.monitoring.profile import build_reference, log_reference
-from scoring.registry import CHALLENGER, CHAMPION, RegistryError, client, load_booster, resolve_version
+from scoring.registry import CHALLENGER, CHAMPION, AliasNotFoundError, client, load_booster, resolve_version
 from scoring.scorer import ModelMismatchError, Scorer
 from scoring.spec import ModelSpec, validate_xgboost_params
 
@@ -167,6 +166,18 @@ def check_window(conn: psycopg.Connection, spec: ModelSpec, end: dt.date) -> Win
     return stats
 
 
+def train_label_mean(conn: psycopg.Connection, spec: ModelSpec, window: Window) -> float:
+    """The mean label of the window's training part: the trivial baseline's constant (see baseline_metric)."""
+    with conn.cursor() as cur:
+        cur.execute(_window_query(spec, window.start, window.holdout_start,
+                                  sql.SQL("avg({})::float8").format(sql.Identifier(spec.label))))
+        (mean,) = cur.fetchone()
+    conn.commit()
+    if mean is None:
+        raise TrainingError(f"model '{spec.name}': no labelled rows before {window.holdout_start} in window {window}")
+    return float(mean)
+
+
 def _read_frame(conn: psycopg.Connection, query: sql.Composed, columns: list[str],
                 text_columns: list[str]) -> pd.DataFrame:
     """Stream a query out with COPY (much faster than fetching tuples) into a frame."""
@@ -204,10 +215,10 @@ def load_window(conn: psycopg.Connection, spec: ModelSpec, window: Window, *,
 
 
 def _encode_part(spec: ModelSpec, raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    encoded = encode(spec, raw[spec.feature_names], reject=True)
-    data = pd.DataFrame(encoded.matrix.astype(np.float64), columns=spec.feature_names)
-    data[spec.label] = raw[spec.label].to_numpy()[encoded.valid]
-    return data, encoded.n_rejected
+    matrix = model_matrix(spec, raw)
+    data = matrix.features
+    data[spec.label] = raw[spec.label].to_numpy()[matrix.valid]
+    return data, matrix.n_rejected
 
 
 def _records(spec: ModelSpec, raw: pd.DataFrame, n: int = 50) -> list[dict[str, Any]]:
@@ -363,10 +374,8 @@ def decide(spec: ModelSpec, candidate: float, baseline: float, champion: tuple[s
 def _alias(spec: ModelSpec, alias: str) -> str | None:
     try:
         return resolve_version(spec.name, alias)
-    except RegistryError as exc:
-        if "no version with alias" in str(exc):
-            return None
-        raise
+    except AliasNotFoundError:
+        return None
 
 
 def _current_champion(spec: ModelSpec) -> str | None:
@@ -388,6 +397,12 @@ def champion_metric(spec: ModelSpec, holdout: pd.DataFrame, exclude: str | None 
     return version, holdout_metric(champion, holdout)
 
 
+def tag_version(spec: ModelSpec, version: str, tags: dict[str, str]) -> None:
+    mc = client()
+    for key, value in tags.items():
+        mc.set_model_version_tag(spec.name, version, key, value)
+
+
 def run_gate(spec: ModelSpec, version: str, data: TrainingData, baseline: float) -> GateDecision:
     """Gate registered `version` on `data.holdout`; tag the version, move the alias if it passes, log it."""
     # One thread: a single row gains nothing from more, and on a busy host OpenMP hand-offs dominate its latency.
@@ -405,10 +420,9 @@ def run_gate(spec: ModelSpec, version: str, data: TrainingData, baseline: float)
             decision.reason = decision.reason.replace(
                 "first version:", f"champion v{previous} was trained on other features, so against the baseline:")
             decision.champion_version = previous
+    tag_version(spec, version, {**decision.tags(), "gate.holdout_rows": str(len(data.holdout)),
+                                "gate.window": str(data.window)})
     mc = client()
-    for key, value in {**decision.tags(), "gate.holdout_rows": str(len(data.holdout)),
-                       "gate.window": str(data.window)}.items():
-        mc.set_model_version_tag(spec.name, version, key, value)
     if decision.promoted:
         mc.set_registered_model_alias(spec.name, CHAMPION, version)
         if _alias(spec, CHALLENGER) == version:  # the challenger won: it no longer runs in shadow
@@ -467,16 +481,14 @@ def train_and_log(spec: ModelSpec, data: TrainingData, *, overrides: dict[str, A
                             "train_rows": len(data.train), "holdout_rows": len(data.holdout),
                             "rows_dropped": data.rows_dropped, "fit_seconds": fit_seconds})
         mlflow.set_tags(tags)
-        signature = infer_signature(example, model.predict(example))
+        signature = model_signature(spec, example, model.predict(example))
         if profile is not None:
             log_reference(profile)
         info = mlflow.xgboost.log_model(model, name="model", signature=signature, input_example=example,
                                         registered_model_name=spec.name, pip_requirements=pip_requirements())
     version = str(info.registered_model_version)
-    mc = client()
-    for key, value in {**tags, "run_id": run.info.run_id, f"holdout_{spec.metric}": f"{candidate:.6g}",
-                       **(profile.tags() if profile else {}), "gate.decision": "pending"}.items():
-        mc.set_model_version_tag(spec.name, version, key, value)
+    tag_version(spec, version, {**tags, "run_id": run.info.run_id, f"holdout_{spec.metric}": f"{candidate:.6g}",
+                                **(profile.tags() if profile else {}), "gate.decision": "pending"})
     log.info("model %s: registered version %s (run %s): holdout %s %.4f, baseline %.4f, %d train / %d holdout "
              "rows, fit %.1fs, params %s", spec.name, version, run.info.run_id, spec.metric, candidate, baseline,
              len(data.train), len(data.holdout), fit_seconds, json.dumps(params, sort_keys=True))
@@ -485,8 +497,11 @@ def train_and_log(spec: ModelSpec, data: TrainingData, *, overrides: dict[str, A
 
 def train_and_register(spec: ModelSpec, conn: psycopg.Connection, end: dt.date, *,
                        overrides: dict[str, Any] | None = None, airflow_run_id: str | None = None) -> TrainingResult:
-    """Train on the window ending at `end`, log and register a version, run the gate, set the alias if it passes."""
+    """Train on the window ending at `end`, log and register a version, then the one promotion gate
+    (scoring.gate.evaluate_version, as for a version logged from anywhere)."""
+    from scoring.gate import evaluate_version  # the gate builds on this module
+
     data = load_training_data(conn, spec, end)
     candidate = train_and_log(spec, data, overrides=overrides, airflow_run_id=airflow_run_id)
-    decision = run_gate(spec, candidate.version, data, candidate.baseline)
+    decision = evaluate_version(spec, candidate.version, conn, end, data)
     return TrainingResult(candidate.version, candidate.run_id, candidate.metric, decision)

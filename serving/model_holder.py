@@ -19,7 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from scoring.registry import CHAMPION, RegistryError, check_approved, load_booster, resolve_version
+from scoring.registry import (
+    CHAMPION,
+    NotApprovedError,
+    RegistryError,
+    RegistryUnavailableError,
+    load_booster,
+    resolve_approved,
+)
 from scoring.scorer import Scorer
 from scoring.spec import ModelSpec
 
@@ -100,8 +107,10 @@ class ModelHolder:
         with self._lock:
             self.stats.checks += 1
             self.stats.last_check_at = time.time()
-            try:
-                version = resolve_version(self.spec.name, self.ref)
+            try:  # the one resolve-and-approve rule (scoring.registry), as the predict DAG and batch CLI use
+                version = resolve_approved(self.spec.name, self.ref, allow_ungated=self.allow_ungated).version
+            except NotApprovedError as exc:
+                return self._refuse(exc.version, f"version {exc.version} refused: NotApprovedError: {exc}")
             except RegistryError as exc:
                 if self._current is None:
                     log.info("model %s: no version to serve yet: %s", self.spec.name, exc)
@@ -117,18 +126,25 @@ class ModelHolder:
                 candidate = self._load(version)
             except Exception as exc:  # any failure to load or smoke-score refuses the version
                 reason = f"version {version} refused: {type(exc).__name__}: {exc}"
-                if isinstance(exc, RegistryError) and "unreachable" in str(exc):
+                if isinstance(exc, RegistryUnavailableError):
                     # MLflow went away between resolve and load: not the version's fault, try again next poll
                     self._note_error(reason)
                     return False
-                self.stats.refused += 1
-                self.stats.refused_versions[version] = reason
-                self._note_error(reason)
-                log.error("model %s: %s; still serving %s", self.spec.name, reason, self.version)
-                self._callback(self.on_refuse, version, reason)
-                return False
+                return self._refuse(version, reason)
             self._swap(candidate)
             return True
+
+    def _refuse(self, version: str | None, reason: str) -> bool:
+        """Refuse `version` once (counted, logged, remembered so later polls skip it); the old one serves on."""
+        version = str(version)
+        if version in self.stats.refused_versions or (self._current is not None and self._current.version == version):
+            return False
+        self.stats.refused += 1
+        self.stats.refused_versions[version] = reason
+        self._note_error(reason)
+        log.error("model %s: %s; still serving %s", self.spec.name, reason, self.version)
+        self._callback(self.on_refuse, version, reason)
+        return False
 
     def install(self, scorer: Scorer) -> None:
         """Serve `scorer` now (a version built elsewhere, e.g. in a test), through the same swap as a reload."""
@@ -154,7 +170,6 @@ class ModelHolder:
             log.exception("model holder callback failed")
 
     def _load(self, version: str) -> Scorer:
-        check_approved(self.spec.name, version, allow_ungated=self.allow_ungated)  # before anything is downloaded
         booster = load_booster(self.spec.name, version)
         scorer = Scorer.from_booster(self.spec, booster, version, threads=self.threads)
         out = scorer.score([smoke_row(self.spec)])

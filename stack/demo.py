@@ -10,6 +10,9 @@
 4. the predictions trigger `monitor_<model>`: its run for today raises the alert on the drifted feature
    (that failed `alert` task is the demo's point), and the report's URL is printed;
 5. prints (and runs) a SQL query over the results and a curl against the serving app.
+
+`python -m stack.demo --bring-your-own` (after it): a churn version trained outside the platform, in plain Python
+with scoring.model_matrix, is logged to MLflow and judged by evaluate_churn; prints the gate's decision and reason.
 """
 
 from __future__ import annotations
@@ -292,6 +295,70 @@ def show_curl(cfg: StackConfig, model: str, index: int, day: dt.date, entity_id:
     say(f"  -> HTTP {status}: {text.strip()[:400]}")
 
 
+# --- 6. bring your own model ----------------------------------------------------------------------------------
+
+def train_outside_platform(db_url: str, model: str, end: dt.date, *,
+                           xgb_params: dict[str, Any] | None = None) -> str:
+    """What a data scientist's notebook does (README "Bring your own model"), in plain Python: read labelled rows,
+    build the matrix with the platform's encoder, fit XGBoost, log the version with its signature. It trains on
+    the days before the gate's held-out week of the window ending at `end`, so the gate judges it on rows it has
+    not seen. No platform training code runs: the version has no gate decision yet. Returns the version."""
+    import mlflow
+    import pandas as pd
+    import xgboost as xgb
+
+    from scoring.model_matrix import model_matrix, model_signature
+    from scoring.spec import load_spec
+    from scoring.training import pip_requirements
+
+    spec = load_spec(model)
+    src = spec.source
+    with psycopg.connect(db_url) as conn:
+        cur = conn.execute(f"SELECT {', '.join(spec.feature_names)}, {spec.label} FROM {src.table} "  # noqa: S608
+                           f"WHERE {src.date_column} >= %s AND {src.date_column} < %s AND {spec.label} IS NOT NULL",
+                           (end - dt.timedelta(days=spec.training.history_days),
+                            end - dt.timedelta(days=spec.training.holdout_days)))
+        df = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+    m = model_matrix(spec, df)  # the platform's encoder: spec order, category codes, NaN for missing
+    y = df[spec.label].astype(float)[m.valid]
+    params = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.2, **(xgb_params or {})}
+    model_cls = xgb.XGBClassifier if spec.is_classifier else xgb.XGBRegressor
+    fitted = model_cls(**params).fit(m.features, y)
+    mlflow.set_experiment(f"notebooks/{model}")
+    with mlflow.start_run(run_name=f"notebook_{model}"):
+        info = mlflow.xgboost.log_model(fitted, name="model", registered_model_name=model,
+                                        signature=model_signature(spec, m.features, fitted.predict(m.features)),
+                                        pip_requirements=pip_requirements())
+    return str(info.registered_model_version)
+
+
+def show_bring_your_own(cfg: StackConfig, timeout: float, model: str = "churn") -> None:
+    """A version of `model` trained outside the platform (train_outside_platform), judged by evaluate_<model>
+    through Airflow's REST API like any version; prints the gate's decision and reason from the version's tags."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    api = AirflowClient(cfg.airflow_url, cfg.admin_user, cfg.admin_password)
+    wait_for_dags(api, [f"evaluate_{model}"], timeout=180)
+    mlflow.set_tracking_uri(cfg.mlflow_url)
+    today = dt.datetime.now(dt.UTC).date()
+    say(f"\nBring your own model ({model} trained in plain Python, judged by evaluate_{model}):")
+    version = train_outside_platform(cfg.db_url("serving"), model, today)
+    say(f"  logged {model} version {version} with scoring.model_matrix (README: Bring your own model)")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    run_id = f"byo__v{version}__{now:%Y%m%dT%H%M%S}"
+    api.trigger(f"evaluate_{model}", run_id, now, conf={"version": version})
+    say(f"  evaluate_{model}: triggered run {run_id} with conf {{\"version\": \"{version}\"}}")
+    state = api.wait(f"evaluate_{model}", run_id, timeout)
+    tags = MlflowClient(tracking_uri=cfg.mlflow_url).get_model_version(model, version).tags
+    say(f"  evaluate_{model}: {state}; decision: {tags.get('gate.decision', 'none')}; "
+        f"reason: {tags.get('gate.reason', '(none recorded)')}")
+    if tags.get("gate.decision") == "promoted":
+        say(f"  version {version} is the champion: serving reloads it, predict_{model} re-scores today")
+    elif tags.get("gate.challenger") == "true":
+        say(f"  version {version} is the challenger: the nightly run scores it in shadow")
+
+
 # --- main ----------------------------------------------------------------------------------------------------
 
 def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: float,
@@ -382,11 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-from", type=dt.date.fromisoformat, default=dt.datetime.now(dt.UTC).date(),
                         metavar="YYYY-MM-DD", help="plant the demo data's drift from this date on (default: today)")
     parser.add_argument("--no-drift", action="store_true", help="no planted drift")
+    parser.add_argument("--bring-your-own", action="store_true",
+                        help="only: log a churn version trained outside the platform and gate it (after make demo)")
     args = parser.parse_args(argv)
     began = time.monotonic()
     try:
-        demo(StackConfig.from_env(), args.retrain, args.days, args.customers, args.timeout,
-             None if args.no_drift else args.drift_from)
+        if args.bring_your_own:
+            show_bring_your_own(StackConfig.from_env(), args.timeout)
+        else:
+            demo(StackConfig.from_env(), args.retrain, args.days, args.customers, args.timeout,
+                 None if args.no_drift else args.drift_from)
     except (DemoError, AirflowApiError, ConfigError, psycopg.Error) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1

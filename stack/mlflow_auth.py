@@ -36,7 +36,9 @@ WRITER = "airflow"
 
 
 def _missing(exc: MlflowException) -> bool:
-    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower()
+    from scoring.registry import is_missing
+
+    return is_missing(exc)  # by MLflow's error code, never by the message text
 
 
 def ensure_users(tracking_uri: str, env: Mapping[str, str] | None = None,

@@ -58,16 +58,15 @@ def _skip_without_champion(spec: ModelSpec, context: Mapping[str, Any], why: str
     (a fresh platform: nothing to score with yet), never failed. A manual run still fails, saying so."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from scoring.registry import CHAMPION, RegistryError, resolve_version
+    from scoring.registry import CHAMPION, AliasNotFoundError, resolve_version
 
     if run_kind(context) not in ("scheduled", "asset_triggered") or model_ref(context) != CHAMPION:
         return
     try:
         resolve_version(spec.name, CHAMPION)
-    except RegistryError as exc:
-        if "no version with alias" in str(exc):
-            raise AirflowSkipException(f"model '{spec.name}' has no champion yet (train_{spec.name} promotes one; "
-                                       f"its promotion re-triggers this DAG): skipped, not failed{why}") from exc
+    except AliasNotFoundError as exc:
+        raise AirflowSkipException(f"model '{spec.name}' has no champion yet (train_{spec.name} promotes one; "
+                                   f"its promotion re-triggers this DAG): skipped, not failed{why}") from exc
 
 
 def model_ref(context: Mapping[str, Any]) -> str:
@@ -95,27 +94,24 @@ def check_features(spec: ModelSpec, context: Mapping[str, Any]) -> str:
 
 def resolve_version(spec: ModelSpec, context: Mapping[str, Any]) -> str:
     """The version the whole run scores with, resolved once (a moving alias cannot split a run), and approved by
-    the promotion gate like every version serving loads (SERVING_ALLOW_UNGATED overrides)."""
+    the promotion gate: the one rule of every path (scoring.registry.resolve_approved; SERVING_ALLOW_UNGATED
+    overrides). An unreachable MLflow is retried; a missing alias or version, or a refused one, fails at once."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from scoring import settings
-    from scoring.registry import NotApprovedError, RegistryError, check_approved
-    from scoring.registry import resolve_version as resolve
+    from scoring.registry import AliasNotFoundError, RegistryError, RegistryUnavailableError, resolve_approved
 
     ref = model_ref(context)
     try:
-        version = resolve(spec.name, ref)
-    except RegistryError as exc:
-        if "unreachable" in str(exc):
-            raise  # worth the task's retries: MLflow may be back in a moment
+        resolved = resolve_approved(spec.name, ref)
+    except RegistryUnavailableError:
+        raise  # worth the task's retries: MLflow may be back in a moment
+    except AliasNotFoundError as exc:
         _skip_without_champion(spec, context, " (the alias went away during the run)")
         raise AirflowFailException(str(exc)) from exc  # a missing alias stays missing: fail now, no retries
-    try:
-        check_approved(spec.name, version, allow_ungated=settings.CoreSettings.from_env().allow_ungated)
-    except NotApprovedError as exc:
-        raise AirflowFailException(f"'{ref}' resolves to version {version}: {exc}") from exc
-    log.info("model %s: '%s' resolves to version %s", spec.name, ref, version)
-    return version
+    except RegistryError as exc:  # no such version, or one the gate did not promote: the same on a retry
+        raise AirflowFailException(str(exc)) from exc
+    (log.warning if resolved.ungated else log.info)("model %s: %s", spec.name, resolved.describe())
+    return resolved.version
 
 
 def prepare(spec: ModelSpec, day: str, version: str, context: Mapping[str, Any]) -> dict[str, Any]:

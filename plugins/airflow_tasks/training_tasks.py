@@ -13,24 +13,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias, Param
+from airflow.sdk import Param
 
+from airflow_tasks import gate_tasks
 from airflow_tasks.hooks import serving_db_connection
 from airflow_tasks.run_dates import ConfError, conf_date, run_date
 from scoring.spec import XGBOOST_PARAMS, ModelSpec, validate_xgboost_params
 
 log = logging.getLogger(__name__)
-
-
-def promotion_asset(spec: ModelSpec) -> Asset:
-    """Updated whenever the gate moves the `champion` alias of the model: the predict DAG schedules on it (as
-    well as on its cron), so a new champion's predictions replace the day's at once."""
-    return Asset(name=f"champion.{spec.name}", uri=f"x-serving-registry://{spec.name}/champion", group="promotions")
-
-
-def promotion_alias(spec: ModelSpec) -> AssetAlias:
-    """The gate's outlet: an event is added through it only when the gate promotes (a refusal publishes nothing)."""
-    return AssetAlias(name=f"promotion.{spec.name}", group="promotions")
 
 
 def run_kind(context: Mapping[str, Any]) -> str:
@@ -44,17 +34,15 @@ def _first_start_skip(spec: ModelSpec, context: Mapping[str, Any], reason: str) 
     train on until features arrive, and nothing is broken. With a champion, the same problem fails the run."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from scoring.registry import CHAMPION, RegistryError, resolve_version
+    from scoring.registry import CHAMPION, AliasNotFoundError, resolve_version
 
     if run_kind(context) != "scheduled":
         return
     try:
         resolve_version(spec.name, CHAMPION)
-    except RegistryError as exc:
-        if "no version with alias" in str(exc):
-            raise AirflowSkipException(f"model '{spec.name}' has no champion yet and {reason}; skipped, not failed "
-                                       f"(a first start: trigger train_{spec.name} once features are loaded)") from exc
-        raise
+    except AliasNotFoundError as exc:
+        raise AirflowSkipException(f"model '{spec.name}' has no champion yet and {reason}; skipped, not failed "
+                                   f"(a first start: trigger train_{spec.name} once features are loaded)") from exc
 
 
 def train_params() -> dict[str, Param]:
@@ -115,22 +103,6 @@ def train(spec: ModelSpec, window: Mapping[str, Any], context: Mapping[str, Any]
 
 
 def gate(spec: ModelSpec, candidate: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Compare the registered candidate with the champion on the same held-out rows; move the alias or not.
-    A promotion publishes `promotion_asset(spec)` (through the task's alias outlet): the predict DAG re-scores."""
-    from scoring import training
-
-    with serving_db_connection() as conn:
-        data = training.load_holdout(conn, spec, dt.date.fromisoformat(candidate["end"]))
-    decision = training.run_gate(spec, candidate["version"], data, candidate["baseline"])
-    outcome = "PROMOTED" if decision.promoted else "REFUSED"
-    (log.info if decision.promoted else log.warning)(
-        "gate decision for %s version %s: %s. Reason: %s. Figures: %s", spec.name, candidate["version"], outcome,
-        decision.reason, json.dumps(decision.figures, sort_keys=True))
-    if decision.promoted and context is not None:
-        context["outlet_events"][promotion_alias(spec)].add(
-            promotion_asset(spec), extra={"version": str(candidate["version"]), "reason": decision.reason})
-        log.info("model %s: published %s (predict_%s re-scores with version %s)", spec.name,
-                 promotion_asset(spec).name, spec.name, candidate["version"])
-    return {"version": candidate["version"], "promoted": decision.promoted, "reason": decision.reason,
-            "figures": decision.figures, "compared_with": decision.champion_version,
-            "challenger": decision.challenger}
+    """The one gate (airflow_tasks.gate_tasks, as evaluate_<model> runs it) on the version just trained, on the
+    held-out part of the window it was trained on; a promotion publishes `promotion_asset(spec)`."""
+    return gate_tasks.gate(spec, str(candidate["version"]), dt.date.fromisoformat(candidate["end"]), context)

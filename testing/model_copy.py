@@ -1,0 +1,29 @@
+"""A model of its own for a test: an existing models.yaml entry under another name, with its own prediction table
+(created), so the test's registry entries, aliases and predictions leave the session's models alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_model_copy(name: str, directory: Path, db_url: str, source: str = "churn", **overrides: Any) -> Path:
+    """models.yaml holding only `source`'s entry named `name` (keys replaced by `overrides`); point MODELS_FILE at
+    the returned path. The prediction table predictions.<name> exists afterwards."""
+    from scoring.spec import load_spec
+    from scoring.store import ensure_prediction_table
+
+    document = yaml.safe_load((REPO / "models.yaml").read_text())
+    document["models"] = {name: {**document["models"][source], "prediction_table": f"predictions.{name}",
+                                 **overrides}}
+    path = directory / "models.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with psycopg.connect(db_url) as conn:
+        ensure_prediction_table(conn, load_spec(name, path))
+        conn.commit()
+    return path
