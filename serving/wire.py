@@ -53,35 +53,6 @@ def records_body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], list[dict[st
     return body, records
 
 
-_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
-
-
-def is_bigint(value: Any) -> bool:
-    """Whether `value` is an int PostgreSQL's bigint holds (the entity key column's type); bools are not ints here."""
-    return type(value) is int and _BIGINT_MIN <= value <= _BIGINT_MAX
-
-
-def check_entity_keys(records: list[dict[str, Any]], key: str) -> None:
-    """The entity key, when a record carries it, is a 64-bit integer or null: what the key column and the job
-    queue store, and what is echoed back (a NaN or a string with NUL would be neither storable nor JSON)."""
-    for i, rec in enumerate(records):
-        value = rec.get(key)
-        if value is None:
-            continue
-        if not is_bigint(value):
-            raise ApiError(422, "invalid_entity_key", f"row {i}: '{key}' must be a 64-bit integer or null, "
-                                                      f"got {shown(value)}", column=key, row=i)
-
-
-def shown(value: Any) -> str:
-    """A client's value in a message as the client wrote it (JSON), cut short."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def dumps(body: Any) -> str:
     """Strict JSON (RFC 8259): a NaN or Infinity token is refused here, never sent to a client."""
     return json.dumps(body, allow_nan=False)

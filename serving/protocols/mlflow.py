@@ -35,7 +35,7 @@ from mlflow.types import ColSpec, Schema
 from mlflow.version import VERSION
 
 from scoring.spec import ModelSpec
-from serving.dataplane import plane
+from serving.dataplane import plane, request_id
 from serving.errors import ApiError
 from serving.routes import PUBLIC, Protocol, Scope, json_answer
 
@@ -165,9 +165,8 @@ def invocations() -> Response:
             exc.message = f"Failed to predict data '{data}'. \nError: {exc.message}"
             raise
     # MLflow ignores columns the signature does not name; so do we here (not on the platform's own API).
-    _, preds = dp.predict_encoded(len(inputs), lambda scorer: scorer.encode(inputs, allow_extra=True).matrix,
-                                  route="mlflow")
-    values = preds.values()
+    scored = dp.predictor.predict(inputs, route="mlflow", allow_extra=True, request_id=request_id())
+    values = scored.predictions.values()
     return Response(json.dumps({"predictions": values.tolist()}), status=200, mimetype="application/json")
 
 
