@@ -188,7 +188,7 @@ def test_a_serving_query_behind_a_lock_answers_quickly(spec, scorer, db_url, dem
             assert time.monotonic() - started < 1.5
             holder.rollback()
         assert store.document(1, day) is not None  # the pooled connection is still good
-        with store._connection() as conn:
+        with store.pool.connection() as conn:
             timeouts = conn.execute("SELECT current_setting('statement_timeout'), "
                                     "current_setting('lock_timeout')").fetchone()
         assert timeouts == ("1s", "200ms")
