@@ -14,12 +14,15 @@ Side by side, in one run, under the same gunicorn settings (serving/gunicorn.con
   floor-wsgi  the same as a plain WSGI callable, no Flask              and any live predict under gunicorn can do)
   gw-live, gw-lookup   live and lookup through the gateway (nginx, stack/gateway.py) in front of the same app
   gw-live-slow8        gw-live with 8 slow clients held open (headers and part of a body, a byte every 2 s)
+  rest-1, grpc-1, grpc-100  REST /v2 infer and gRPC ModelInfer (1 and 100 rows) on one replica, the same Python
+                       load generator for both (bench/grpc_infer.py; --skip-grpc leaves them out)
 
 By default it starts its own PostgreSQL, MLflow server and trained model (testing/platform.py) under a temp dir
 and removes them after;
 pass --database-url and --tracking-uri to use running services (the model must have a champion and the latest
 day must have precomputed predictions). Installs `wrk` with apt-get when missing. The last line is:
   online live_rps=X vs_best_peer=Yx live_vs_floor_flask=F lookup_vs_ceiling=W p99_ms=P errors=E
+         [grpc_1row_vs_rest=G grpc_100row_rows_vs_1row=H]
 """
 
 from __future__ import annotations
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default %(default)s, BENCH_ROUNDS)")
     parser.add_argument("--skip-mlflow-serve", action="store_true", help="do not run the mlflow models serve peer")
     parser.add_argument("--skip-mlserver", action="store_true", help="do not run the MLServer peer")
+    parser.add_argument("--skip-grpc", action="store_true", help="do not run the gRPC vs REST /v2 scenario")
     parser.add_argument("--mlserver-venv", type=Path, default=None,
                         help="an existing venv with MLServer (default: the bench's own, "
                              ".local/bench-venvs/mlserver, built from bench/peers/mlserver-requirements.txt)")
@@ -353,6 +357,17 @@ def main(argv: list[str] | None = None) -> int:
             check_ok("POST", f"{ml_url}/v2/models/{MODEL}/infer", oip_bodies[0])
             targets.append(("mlserver", ml_url, lua_post(f"/v2/models/{MODEL}/infer", oip_bodies)))
 
+        grpc_replica = None
+        if not args.skip_grpc:  # one replica serving REST /v2 and gRPC (bench/grpc_infer.py)
+            from testing.servers import wait_grpc
+
+            grpc_replica = (free_port(), free_port())
+            platform.gunicorn(MODEL, grpc_replica[0], "serving.app:create_app()",
+                              {**env, "SERVING_GRPC_PORT": str(grpc_replica[1])})
+            wait_workers_loaded(f"http://127.0.0.1:{grpc_replica[0]}", BenchSettings.from_env().serving_workers,
+                                version)
+            wait_grpc(f"127.0.0.1:{grpc_replica[1]}", 60, "gRPC replica")
+
         if own_stack:
             # Every target has its model in memory now; the registry is on no request path. Our own tracking
             # server (and its background job consumers) would only compete for the 2 cores during the runs.
@@ -371,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                     results[name] = r
         for name, r in results.items():
             r.errors = all_errors[name]  # errors are counted over every run, not only the best
+
+        grpc_figures = ""
+        if grpc_replica is not None:
+            from bench import grpc_infer
+
+            grpc_runs = grpc_infer.scenario(MODEL, *grpc_replica, matrix[:1], matrix[:100], args.duration, args.rounds)
 
         print(f"\nbest of {args.rounds} round(s), {args.duration}s each, {CONNECTIONS} connections, "
               "one row per request")
@@ -398,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
               + f"; fastest peer {best_peer} ({peers.get(best_peer, float('nan')):.0f} req/s); "
               f"live/floor-flask={live.rps / flask_floor.rps:.2f} live/floor-wsgi={live.rps / wsgi_floor.rps:.2f} "
               f"live/ceiling={live.rps / ceiling.rps:.2f} lookup/ceiling={lookup_ratio:.2f}")
+        if grpc_replica is not None:
+            grpc_figures = " " + grpc_infer.report(grpc_runs)
         targets = {"live >= 3x the fastest peer": vs_best >= 3,
                    "live >= 0.9x floor-flask": live.rps >= 0.9 * flask_floor.rps,
                    "live with payload logging >= 0.95x live-nolog": live.rps >= 0.95 * nolog_run.rps,
@@ -405,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print("targets: " + "; ".join(f"{name}: {'met' if met else 'MISSED'}" for name, met in targets.items()))
         print(f"online live_rps={live.rps:.0f} vs_best_peer={vs_best:.2f}x "
               f"live_vs_floor_flask={live.rps / flask_floor.rps:.2f} lookup_vs_ceiling={lookup_ratio:.2f} "
-              f"payload_log_vs_off={live.rps / nolog_run.rps:.2f} p99_ms={p99:.1f} errors={errors}")
+              f"payload_log_vs_off={live.rps / nolog_run.rps:.2f} p99_ms={p99:.1f} errors={errors}{grpc_figures}")
         return 0
     except Exception:
         for log in sorted(root.glob("gunicorn-*.log")):

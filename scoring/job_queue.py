@@ -25,15 +25,12 @@ import datetime as dt
 import json
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-
-if TYPE_CHECKING:  # the scorer (XGBoost, MLflow, pandas) stays out of the queue's import: the DAG parses fast
-    from scoring.scorer import Predictions
 
 TABLE = "ops.prediction_jobs"
 FINISHED = ("done", "failed", "cancelled", "expired")
@@ -428,35 +425,13 @@ class Outcome:
     error: str | None = None
 
 
-class JobScorer(Protocol):
-    version: str
-
-    def score(self, data: Any) -> Predictions: ...
-
-
-def split_entity_key(records: Sequence[Mapping[str, Any]], entity_key: str | None
-                     ) -> tuple[Sequence[Mapping[str, Any]], list[Any] | None]:
-    """Records may carry the model's entity key (to tell results apart); it is not a feature, so it is set aside
-    before scoring (as live predict does) and echoed in each prediction. Returns (features, keys or None)."""
-    if not entity_key or not any(entity_key in rec for rec in records):
-        return records, None
-    return [{k: v for k, v in rec.items() if k != entity_key} for rec in records], [rec.get(entity_key)
-                                                                                for rec in records]
+JobPredict = Callable[[Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
+"""Records (which may carry the entity key) -> one result dict per record: the serving prediction function
+(serving/predict.py, as the async worker calls it)."""
 
 
-def _predict(scorer: JobScorer, records: Sequence[Mapping[str, Any]], entity_key: str | None
-             ) -> list[dict[str, Any]]:
-    features, keys = split_entity_key(records, entity_key)
-    rows = scorer.score(features).records()
-    if keys is not None:
-        for row, key in zip(rows, keys, strict=True):
-            if key is not None:
-                row[entity_key] = key
-    return rows
-
-
-def score_jobs(scorer: JobScorer, jobs: Sequence[ClaimedJob], *, entity_key: str | None = None) -> list[Outcome]:
-    """Micro-batch: the records of all jobs in ONE scorer call, split back per job in order.
+def score_jobs(predict: JobPredict, jobs: Sequence[ClaimedJob]) -> list[Outcome]:
+    """Micro-batch: the records of all jobs in ONE prediction call, split back per job in order.
 
     If the batch call fails, each job is scored on its own so that one poison job fails alone and its
     batch-mates still succeed.
@@ -464,9 +439,9 @@ def score_jobs(scorer: JobScorer, jobs: Sequence[ClaimedJob], *, entity_key: str
     if not jobs:
         return []
     try:
-        rows = _predict(scorer, [rec for job in jobs for rec in job.records], entity_key)
+        rows = predict([rec for job in jobs for rec in job.records])
     except Exception:
-        return [_score_one(scorer, job, entity_key) for job in jobs]
+        return [_score_one(predict, job) for job in jobs]
     out, start = [], 0
     for job in jobs:
         out.append(Outcome(job, result=rows[start:start + len(job.records)]))
@@ -474,9 +449,9 @@ def score_jobs(scorer: JobScorer, jobs: Sequence[ClaimedJob], *, entity_key: str
     return out
 
 
-def _score_one(scorer: JobScorer, job: ClaimedJob, entity_key: str | None) -> Outcome:
+def _score_one(predict: JobPredict, job: ClaimedJob) -> Outcome:
     try:
-        return Outcome(job, result=_predict(scorer, job.records, entity_key))
+        return Outcome(job, result=predict(job.records))
     except Exception as exc:  # the reason is kept on the job; the worker goes on
         return Outcome(job, error=f"{type(exc).__name__}: {exc}")
 

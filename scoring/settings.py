@@ -183,6 +183,12 @@ _VARS: tuple[Var, ...] = (
        group=_GUNICORN, low=1),
     _v("SERVING_THREADS", "int", "1", "Threads per worker; 1 = sync workers (measured best on 2 cores).",
        ("gunicorn",), group=_GUNICORN, low=1),
+    _v("SERVING_GRPC_PORT", "int", "0",
+       "Open Inference over gRPC (KServe v2 `GRPCInferenceService`) on this port, served by every worker "
+       "(SO_REUSEPORT) on the host of SERVING_BIND (loopback for a unix socket); 0 = no gRPC.", ("gunicorn",),
+       group=_GUNICORN, low=0, high=65535),
+    _v("SERVING_GRPC_THREADS", "int", "4", "Threads of each worker's gRPC server.", ("gunicorn",),
+       group=_GUNICORN, low=1),
     _v("SERVING_WORKER_CLASS", "str", None, "gunicorn worker class.", ("gunicorn",), group=_GUNICORN,
        default_doc="`gthread` when SERVING_THREADS > 1, else `sync`"),
     _v("SERVING_TIMEOUT_S", "int", "60", "Worker timeout; also bounds a worker's boot (model load).",
@@ -304,6 +310,10 @@ _VARS: tuple[Var, ...] = (
     _v("STACK_REPLICA_PORT", "port", None,
        "First serving replica (loopback only); one port per model and replica, in models.yaml order.",
        ("stack",), group=_STACK, default_doc="STACK_SERVING_PORT + 100"),
+    _v("STACK_REPLICA_GRPC_PORT", "port", None,
+       "First serving replica's gRPC port (Open Inference over gRPC, loopback only); one port per model and "
+       "replica, in models.yaml order (each replica's SERVING_GRPC_PORT).", ("stack",), group=_STACK,
+       default_doc="STACK_SERVING_PORT + 200"),
     _v("STACK_SERVING_REPLICAS", "int", "2", "gunicorn replicas per model behind the gateway.", ("stack",),
        group=_STACK, low=1, high=32),
     _v("STACK_EXECUTOR", "choice", "local",

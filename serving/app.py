@@ -22,7 +22,8 @@ from scoring.spec import ModelSpec, load_spec
 from serving.auth import EXTENSION_KEY as AUTH_KEY
 from serving.auth import Authorizer
 from serving.config import Settings
-from serving.dataplane import EXTENSION_KEY, DataPlane
+from serving.database import ServingDatabase
+from serving.dataplane import EXTENSION_KEY, DataPlane, Store
 from serving.errors import register_error_handlers
 from serving.metrics import MODEL_VERSION, REFUSED, RELOADS, version_number
 from serving.middleware import register_middleware
@@ -32,7 +33,6 @@ from serving.payload_log import PayloadLog
 from serving.protocols import PROTOCOLS
 from serving.protocols.ops import OPENAPI_KEY
 from serving.routes import Protocol, install
-from serving.store import PredictionStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ def default_holder(settings: Settings, spec: ModelSpec) -> ModelHolder:
                        on_refuse=lambda version, reason: REFUSED.labels(spec.name).inc())
 
 
-def default_store(settings: Settings, spec: ModelSpec) -> PredictionStore:
+def default_store(settings: Settings, spec: ModelSpec) -> ServingDatabase:
     """The worker's one database pool (not opened)."""
-    return PredictionStore(spec, settings.database_url or database_url(), min_size=settings.db_pool_min,
+    return ServingDatabase(spec, settings.database_url or database_url(), min_size=settings.db_pool_min,
                            max_size=settings.db_pool_max, timeout_s=settings.db_timeout_s,
                            latest_ttl_s=settings.latest_ttl_s)
 

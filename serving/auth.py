@@ -31,7 +31,7 @@ from typing import Any
 
 from flask import current_app, g, has_request_context, request
 
-from serving.errors import ApiError
+from serving.failures import Forbidden, Unauthenticated
 
 ALL_SCOPES = "*"
 KNOWN_SCOPES = frozenset({"predict", "jobs", "metrics", ALL_SCOPES})  # a route may only declare these
@@ -116,8 +116,13 @@ class Authorizer:
         return cls(clients)
 
     def identify(self) -> Client | None:
-        """The client whose token the request presents, or None. Every entry is compared (constant time)."""
-        scheme, _sep, given = request.headers.get("Authorization", "").partition(" ")
+        """The client whose token the current HTTP request presents, or None."""
+        return self.identify_header(request.headers.get("Authorization", ""))
+
+    def identify_header(self, header: str) -> Client | None:
+        """The client whose token an `Authorization` header (or gRPC `authorization` metadata) presents, or None.
+        Every entry is compared (constant time)."""
+        scheme, _sep, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             return None
         digest = hashlib.sha256(given.strip().encode()).digest()
@@ -135,14 +140,18 @@ class Authorizer:
             return None
 
         def check(**_: Any) -> None:
-            client = self.identify()
-            if client is None:
-                raise ApiError(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer "
-                                                    "<token>'", headers={"WWW-Authenticate": 'Bearer realm="serving"'})
-            if not client.allows(scope):
-                raise ApiError(403, "forbidden", f"this token does not grant the '{scope}' scope")
-            g.serving_client = client.name
+            g.serving_client = self.authorize(scope, request.headers.get("Authorization", "")).name
         return check
+
+    def authorize(self, scope: str, header: str) -> Client:
+        """The client an `Authorization` value presents, if its token grants `scope` (Unauthenticated, Forbidden
+        otherwise); call only when `enabled`."""
+        client = self.identify_header(header)
+        if client is None:
+            raise Unauthenticated("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+        if not client.allows(scope):
+            raise Forbidden(f"this token does not grant the '{scope}' scope")
+        return client
 
 
 def current_client() -> str:

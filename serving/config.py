@@ -62,7 +62,9 @@ class GunicornSettings:
     bind: str = setting("SERVING_BIND")
     workers: int = setting("SERVING_WORKERS")
     threads: int = setting("SERVING_THREADS")
-    worker_class: str | None = setting("SERVING_WORKER_CLASS")  # None: gthread when threads > 1, else sync
+    worker_class: str | None = setting("SERVING_WORKER_CLASS")
+    grpc_port: int = setting("SERVING_GRPC_PORT")  # 0: no gRPC (serving/grpc/server.py)
+    grpc_threads: int = setting("SERVING_GRPC_THREADS")  # None: gthread when threads > 1, else sync
     timeout_s: int = setting("SERVING_TIMEOUT_S")
     graceful_timeout_s: int = setting("SERVING_GRACEFUL_TIMEOUT_S")
     keepalive_s: int = setting("SERVING_KEEPALIVE_S")

@@ -1,8 +1,9 @@
 """One error shape for the platform's own routes: `{"error": {"code", "message", "column", "row"}}`.
 
 `scoring.encoding.InputError` (and its subclasses) map to 4xx here so that the live endpoint and the async jobs
-endpoint answer bad input identically. The standard protocols (/invocations, /v2) keep their own shapes and
-convert from `ApiError` / `InputError` themselves.
+endpoint answer bad input identically, and the services' failures (serving/failures.py) to their HTTP statuses
+(`from_failure`, every HTTP protocol's one mapping). The standard protocols (/invocations, /v2) keep their own
+shapes and render an `ApiError` themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from scoring.encoding import (
     InputError,
     MissingColumnError,
     UnknownColumnError,
+)
+from serving.failures import (
+    Forbidden,
+    ModelNotLoaded,
+    NotFound,
+    QueueUnavailable,
+    Refused,
+    ServingFailure,
+    StoreUnavailable,
+    TooMany,
+    Unauthenticated,
+    VersionNotLoaded,
 )
 
 # Structure of the request is wrong (no such column / a column too many / not a list of records) -> 400;
@@ -61,6 +74,23 @@ def from_input_error(exc: InputError) -> ApiError:
     return ApiError(input_error_status(exc), exc.kind, str(exc), column=exc.column, row=exc.row)
 
 
+# A failure's HTTP status (Refused: by its code) and headers (the Retry-After hint of the ones that pass).
+_STATUS: dict[type[ServingFailure], int] = {
+    Unauthenticated: 401, Forbidden: 403, ModelNotLoaded: 503, VersionNotLoaded: 404, TooMany: 413, NotFound: 404,
+    StoreUnavailable: 503, QueueUnavailable: 503}
+_REFUSED = {"malformed_job_id": 400, "job_not_cancellable": 409, "idempotency_key_reused": 422, "invalid_input": 422}
+_HEADERS: dict[type[ServingFailure], dict[str, str]] = {
+    Unauthenticated: {"WWW-Authenticate": 'Bearer realm="serving"'}, ModelNotLoaded: {"Retry-After": "5"},
+    StoreUnavailable: {"Retry-After": "5"}, QueueUnavailable: {"Retry-After": "1"}}
+
+
+def from_failure(exc: ServingFailure) -> ApiError:
+    kind = next(c for c in type(exc).__mro__ if c in _STATUS or c is Refused or c is ServingFailure)
+    status = _REFUSED.get(exc.code, 400) if kind is Refused else _STATUS.get(kind, 400)
+    return ApiError(status, exc.code, exc.message, column=exc.column, row=exc.row,
+                    headers=dict(_HEADERS.get(kind, {})))
+
+
 def error_response(err: ApiError) -> Response:
     resp = Response(json.dumps(err.body(), allow_nan=False), status=err.status, mimetype="application/json")
     resp.headers.update(err.headers)
@@ -81,7 +111,7 @@ def from_http_exception(exc: HTTPException) -> ApiError:
 
 
 def register_error_handlers(app: Flask) -> None:
-    """JSON errors for ApiError, InputError and werkzeug HTTP errors; anything else is a logged 500."""
+    """JSON errors for ApiError, InputError, ServingFailure and werkzeug HTTP errors; anything else is a logged 500."""
 
     @app.errorhandler(ApiError)
     def _api(exc: ApiError) -> Response:
@@ -90,6 +120,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(InputError)
     def _input(exc: InputError) -> Response:
         return error_response(from_input_error(exc))
+
+    @app.errorhandler(ServingFailure)
+    def _failure(exc: ServingFailure) -> Response:
+        return error_response(from_failure(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

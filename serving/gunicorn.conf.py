@@ -64,6 +64,20 @@ def on_starting(server) -> None:  # noqa: ANN001 - gunicorn hook
     os.makedirs(_metrics_dir, exist_ok=True)
 
 
+def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn hook
+    # Open Inference over gRPC beside the worker's HTTP loop, on the worker's own app (serving/grpc/server.py).
+    if _s.grpc_port:
+        from serving.grpc.server import grpc_address, start_for_app
+
+        worker.grpc_server = start_for_app(worker.wsgi, grpc_address(bind, _s.grpc_port), _s.grpc_threads)
+
+
+def worker_exit(server, worker) -> None:  # noqa: ANN001 - gunicorn hook
+    grpc_server = getattr(worker, "grpc_server", None)
+    if grpc_server is not None:
+        grpc_server.stop(grace=min(5, _s.graceful_timeout_s)).wait()  # calls in flight finish (bounded)
+
+
 def child_exit(server, worker) -> None:  # noqa: ANN001 - gunicorn hook
     from prometheus_client import multiprocess
 

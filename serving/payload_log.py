@@ -30,7 +30,7 @@ import psycopg
 from scoring.scorer import Predictions
 from scoring.spec import ModelSpec
 from serving.metrics import PAYLOAD_ROWS
-from serving.wire import is_bigint
+from serving.values import is_bigint
 
 log = logging.getLogger(__name__)
 

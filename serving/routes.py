@@ -17,7 +17,8 @@ from werkzeug.exceptions import HTTPException
 
 from scoring.encoding import InputError
 from serving.auth import Authorizer
-from serving.errors import ApiError, from_http_exception, from_input_error
+from serving.errors import ApiError, from_failure, from_http_exception, from_input_error
+from serving.failures import ServingFailure, UnknownModel
 
 PUBLIC = "public"
 
@@ -85,6 +86,8 @@ class Protocol:
     render_error: Callable[[ApiError], Response]
     # how the encoder's InputError is answered (the platform's API distinguishes 400 from 422; others say 400)
     input_error: Callable[[InputError], ApiError] = from_input_error
+    # how the services' failures (serving/failures.py) are answered: the platform's statuses unless said otherwise
+    failure: Callable[[ServingFailure], ApiError] = from_failure
     handlers: dict[type[Exception], Callable[[Any], Response]] = field(default_factory=dict)
     routes: list[Route] = field(default_factory=list)
     mounts: list[tuple[Blueprint, Auth]] = field(default_factory=list)
@@ -171,7 +174,7 @@ def _guarded(route: Route, authorizer: Authorizer, model: str) -> Callable[..., 
 def _model_check(served: str) -> Callable[..., None]:
     def check(model: str, **_: Any) -> None:
         if model != served:
-            raise ApiError(404, "unknown_model", f"unknown model '{model}': this deployment serves '{served}'")
+            raise UnknownModel(model, served)
     return check
 
 
@@ -195,6 +198,7 @@ def _error_handlers(bp: Blueprint, proto: Protocol) -> None:
     render = proto.render_error
     bp.register_error_handler(ApiError, render)
     bp.register_error_handler(InputError, lambda exc: render(proto.input_error(exc)))
+    bp.register_error_handler(ServingFailure, lambda exc: render(proto.failure(exc)))
     bp.register_error_handler(HTTPException, lambda exc: render(from_http_exception(exc)))
     for exc_type, handler in proto.handlers.items():
         bp.register_error_handler(exc_type, handler)

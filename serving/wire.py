@@ -8,7 +8,6 @@ from typing import Any
 
 from flask import Response, request
 
-from scoring.encoding import INT64_MAX, INT64_MIN
 from serving.errors import ApiError
 
 
@@ -52,32 +51,6 @@ def records_body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], list[dict[st
         if not isinstance(rec, dict):
             raise ApiError(400, "invalid_records", f"row {i}: each record must be an object", row=i)
     return body, records
-
-
-def is_bigint(value: Any) -> bool:
-    """Whether `value` is an int PostgreSQL's bigint holds (the entity key column's type); bools are not ints here."""
-    return type(value) is int and INT64_MIN <= value <= INT64_MAX
-
-
-def check_entity_keys(records: list[dict[str, Any]], key: str) -> None:
-    """The entity key, when a record carries it, is a 64-bit integer or null: what the key column and the job
-    queue store, and what is echoed back (a NaN or a string with NUL would be neither storable nor JSON)."""
-    for i, rec in enumerate(records):
-        value = rec.get(key)
-        if value is None:
-            continue
-        if not is_bigint(value):
-            raise ApiError(422, "invalid_entity_key", f"row {i}: '{key}' must be a 64-bit integer or null, "
-                                                      f"got {shown(value)}", column=key, row=i)
-
-
-def shown(value: Any) -> str:
-    """A client's value in a message as the client wrote it (JSON), cut short."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def dumps(body: Any) -> str:

@@ -1,8 +1,9 @@
 """The async prediction worker: `SERVING_MODEL=churn python -m serving.worker`.
 
 Loop: claim up to WORKER_BATCH_SIZE queued jobs (FOR UPDATE SKIP LOCKED, leased), score all their records in one
-call of the shared Scorer (micro-batch), write results and failures in one transaction, repeat; when the queue is
-empty, sleep on LISTEN/NOTIFY (woken by submits) with a polling fallback. Run as many side by side as you like.
+call of the serving prediction function (serving/predict.py: micro-batch), write results and failures in one
+transaction, repeat; when the queue is empty, sleep on LISTEN/NOTIFY (woken by submits) with a polling fallback.
+Run as many side by side as you like.
 
 - Hot reload: the same ModelHolder as the online app; every batch uses the version current when it starts.
 - Failure: a job whose scoring fails is retried (with backoff) up to its max attempts, then `failed` with the
@@ -48,6 +49,7 @@ from scoring.settings import load, setting
 from scoring.spec import load_spec
 from serving.config import ConfigError, Settings
 from serving.model_holder import ModelHolder
+from serving.predict import Predictor
 
 log = logging.getLogger("serving.worker")
 
@@ -72,7 +74,7 @@ class WorkerSettings:
         return load(cls, env)
 
 
-ScorerWrapper = Callable[[Scorer], job_queue.JobScorer]
+ScorerWrapper = Callable[[Scorer], Scorer]  # tests: a fault in front of the real scorer (duck-typed)
 
 
 class LeaseKeeper:
@@ -143,6 +145,8 @@ class Worker:
         self.model = model
         self.wrap_scorer = wrap_scorer  # tests only: a fault in front of the real scorer
         self.holder = holder
+        # no row limit (jobs were bounded at submit), no payload log, no Prometheus row counter (no /metrics here)
+        self.predictor = Predictor(holder.spec, holder, max_rows=None, source=None)
         self.settings = settings
         self.url = url or database_url()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -190,8 +194,14 @@ class Worker:
             self.stopping.wait(self.settings.linger_ms / 1000)
 
     # --- one step ---------------------------------------------------------------------------------------------
-    def _scorer(self, scorer: Scorer) -> job_queue.JobScorer:
+    def _scorer(self, scorer: Scorer) -> Scorer:
         return self.wrap_scorer(scorer) if self.wrap_scorer is not None else scorer
+
+    def _predict(self, scorer: Scorer) -> job_queue.JobPredict:
+        """The serving prediction function (serving/predict.py) on the batch's version: the same entity-key split,
+        encoding and scoring as a live request."""
+        key = self.predictor.entity_key
+        return lambda records: self.predictor.predict_records(records, route="job", scorer=scorer).items(key)
 
     def _flush(self) -> None:
         if self._pending is None:
@@ -236,8 +246,7 @@ class Worker:
             return 0
         with LeaseKeeper(self.url, self.worker_id, jobs, self.settings.lease_s) as keeper:
             for batch in job_queue.plan_batches(jobs, self.settings.max_batch_records):
-                outcomes = job_queue.score_jobs(self._scorer(scorer), batch,
-                                                entity_key=self.holder.spec.source.entity_key)
+                outcomes = job_queue.score_jobs(self._predict(self._scorer(scorer)), batch)
                 self._pending = (scorer.version, outcomes)
                 self._flush()  # committed batch by batch (see plan_batches)
                 keeper.written(batch)

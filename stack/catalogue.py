@@ -229,7 +229,8 @@ def serving_services(cfg: StackConfig) -> list[Service]:
     for rep in replicas(cfg, models):
         env = base_env(cfg)
         env.update({"SERVING_MODEL": rep.model, "SERVING_BIND": rep.address,
-                    "SERVING_WORKERS": replica_workers(env, cfg.replicas)})
+                    "SERVING_WORKERS": replica_workers(env, cfg.replicas),
+                    "SERVING_GRPC_PORT": str(cfg.replica_grpc_port_of(models.index(rep.model), rep.index))})
         url = f"http://{rep.address}"
         out.append(Service(rep.name, "serving",
                            [str(VENV_BIN / "gunicorn"), "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"],

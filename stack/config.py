@@ -60,6 +60,7 @@ class StackConfig:
     airflow_port: int = setting("STACK_AIRFLOW_PORT")
     serving_port: int = setting("STACK_SERVING_PORT")
     replica_port: int | None = setting("STACK_REPLICA_PORT")  # None: serving_port + 100
+    replica_grpc_port: int | None = setting("STACK_REPLICA_GRPC_PORT")  # None: serving_port + 200
     replicas: int = setting("STACK_SERVING_REPLICAS")
     executor: str = setting("STACK_EXECUTOR")
     redis_port: int = setting("STACK_REDIS_PORT")
@@ -155,6 +156,12 @@ class StackConfig:
     def replica_port_of(self, model_index: int, replica: int) -> int:
         """The loopback port of one gunicorn replica (model in models.yaml order, replica from 0)."""
         base = self.replica_port or self.serving_port + 100
+        return base + model_index * self.replicas + replica
+
+    def replica_grpc_port_of(self, model_index: int, replica: int) -> int:
+        """The loopback gRPC port of one gunicorn replica (its SERVING_GRPC_PORT), laid out as replica_port_of:
+        the gateway's grpc_pass upstreams are these."""
+        base = self.replica_grpc_port or self.serving_port + 200
         return base + model_index * self.replicas + replica
 
     def serving_url(self, index: int, replica: int = 0) -> str:

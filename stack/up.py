@@ -164,8 +164,12 @@ def preflight(cfg: StackConfig, services: list[Service]) -> None:
     overrides = {"mlflow": "STACK_MLFLOW_PORT", "airflow": "STACK_AIRFLOW_PORT", "serving": "STACK_REPLICA_PORT",
                  "gateway": "STACK_SERVING_PORT", "redis": "STACK_REDIS_PORT"}
     for svc in services:
-        if svc.port and not alive(read_pid(cfg.pid_file(svc.name))) and port_in_use(svc.port):
+        running = alive(read_pid(cfg.pid_file(svc.name)))
+        if svc.port and not running and port_in_use(svc.port):
             raise StackError(_taken(svc.name, svc.port, overrides.get(svc.component, "")))
+        grpc_port = int(svc.env.get("SERVING_GRPC_PORT") or 0)  # a replica's second port (serving/grpc/)
+        if grpc_port and not running and port_in_use(grpc_port):
+            raise StackError(_taken(f"{svc.name} (gRPC)", grpc_port, "STACK_REPLICA_GRPC_PORT"))
 
 
 def _taken(name: str, port: int, variable: str) -> str:

@@ -1,7 +1,8 @@
 """Faults tests inject by handing a wrapped scorer to the real code (production code reads no fault switch).
 
 `FaultyScorer` stands in for a `scoring.scorer.Scorer`: everything is delegated to the real one, with a fault in
-front of each scoring call (`score` for the async worker and live paths, `predict_matrix` for the batch stream).
+front of each scoring call (`predict_matrix`, which every path ends in) and a poison check where records are
+encoded (`encode`, which the serving prediction function calls before it).
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ class FaultyScorer:
             print(f"{STALL_MARKER} {self.stall_s}s before scoring call {self.calls}", file=sys.stderr, flush=True)
             time.sleep(self.stall_s)
 
-    def score(self, data: Any) -> Any:
-        self._before_call()
+    def encode(self, data: Any, **kwargs: Any) -> Any:
         if self.poison is not None:
             feature, value = self.poison
             if any(rec.get(feature) == value for rec in data):
                 raise RuntimeError(f"injected fault: poison record ({feature}={value!r})")
-        return self.scorer.score(data)
+        return self.scorer.encode(data, **kwargs)
+
+    def score(self, data: Any) -> Any:
+        return self.predict_matrix(self.encode(data).matrix)
 
     def predict_matrix(self, matrix: Any) -> Any:
         self._before_call()

@@ -19,19 +19,44 @@ GUNICORN_CONF = REPO / "serving" / "gunicorn.conf.py"
 
 
 def start_gunicorn(model: str, port: int, log_path: Path, env: dict[str, str] | None = None,
-                   app: str = "serving.app:create_app()", timeout: float = 90) -> subprocess.Popen:
-    """gunicorn for `model` on 127.0.0.1:port; returns once /healthz answers (raises ServiceError otherwise)."""
+                   app: str = "serving.app:create_app()", timeout: float = 90,
+                   grpc_port: int | None = None) -> subprocess.Popen:
+    """gunicorn for `model` on 127.0.0.1:port (and Open Inference over gRPC on 127.0.0.1:grpc_port, served by its
+    workers); returns once /healthz (and the gRPC port) answers (raises ServiceError otherwise)."""
     full_env = {**os.environ, "SERVING_MODEL": model, "SERVING_BIND": f"127.0.0.1:{port}",
                 "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / f"metrics-{model}-{port}"), **(env or {})}
+    if grpc_port is not None:
+        full_env["SERVING_GRPC_PORT"] = str(grpc_port)
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", str(GUNICORN_CONF), app], cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=full_env)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout, proc, f"gunicorn {model}")
+        if grpc_port is not None:
+            wait_grpc(f"127.0.0.1:{grpc_port}", timeout, f"gunicorn {model} gRPC")
     except ServiceError as exc:
         stop_process(proc)
         raise ServiceError(f"{exc}; see {log_path}:\n{log_path.read_text()[-3000:]}") from exc
     return proc
+
+
+def wait_grpc(address: str, timeout: float, name: str) -> None:
+    """Wait until a gRPC server on `address` answers ServerLive."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    deadline = time.time() + timeout
+    last = ""
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.time() < deadline:
+            try:
+                if stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=2).live:
+                    return
+            except grpc.RpcError as exc:
+                last = str(exc.details() if hasattr(exc, "details") else exc)
+            time.sleep(0.2)
+    raise ServiceError(f"{name}: not live after {timeout:.0f}s ({last})")
 
 
 class AsyncWorker:

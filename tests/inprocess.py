@@ -21,8 +21,9 @@ from scoring.scorer import Scorer
 from scoring.spec import ModelSpec, load_spec
 from serving.app import create_app
 from serving.config import Settings
+from serving.failures import StoreUnavailable
+from serving.lookup_queries import Precomputed
 from serving.model_holder import ModelHolder
-from serving.store import Precomputed, StoreUnavailable
 
 MODEL = "churn"
 VERSION = "1"
@@ -46,7 +47,7 @@ def train_scorer(spec: ModelSpec, version: str = VERSION) -> Scorer:
 
 
 class MemoryStore:
-    """The serving store's interface (serving.store.Store) over dicts; `up = False` makes every call fail as an
+    """The serving store's interface (serving.dataplane.Store) over dicts; `up = False` makes every call fail as an
     unreachable database does."""
 
     def __init__(self, spec: ModelSpec) -> None:

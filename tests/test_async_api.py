@@ -14,8 +14,8 @@ from scoring.scorer import Scorer
 from scoring.spec import load_spec
 from serving.app import create_app
 from serving.config import Settings
+from serving.database import ServingDatabase
 from serving.model_holder import ModelHolder
-from serving.store import PredictionStore
 
 GOOD = {"tenure_months": 10, "plan": "basic", "contract": "one-year", "region": None, "payment_method": "card",
         "monthly_charges": 55.5, "data_usage_gb": 3.2, "avg_session_minutes": None, "support_calls_30d": 1,
@@ -26,7 +26,7 @@ def jobs_app(url: str, **settings):
     """The real app on the real store (the worker's one pool); the holder is never started (no model needed to
     queue): returns (app, store), the store to close."""
     spec = load_spec("churn")
-    store = PredictionStore(spec, url, timeout_s=settings.get("db_timeout_s", 2.0)).open()
+    store = ServingDatabase(spec, url, timeout_s=settings.get("db_timeout_s", 2.0)).open()
     app = create_app(Settings(model="churn", database_url=url, **settings), holder=ModelHolder(spec), store=store)
     return app, store
 
@@ -103,7 +103,7 @@ def test_not_json_unknown_model_and_too_many_records(client, conn, monkeypatch):
     from serving.dataplane import EXTENSION_KEY
 
     # the setting (SERVING_JOB_MAX_RECORDS), small for the test
-    monkeypatch.setattr(client.application.extensions[EXTENSION_KEY], "job_max_records", 5)
+    monkeypatch.setattr(client.application.extensions[EXTENSION_KEY].jobs, "max_records", 5)
     big = client.post("/v1/models/churn/jobs", json={"records": [GOOD] * 6})
     assert big.status_code == 413 and big.json["error"]["code"] == "too_many_records"
     assert n_jobs(conn) == before
@@ -241,13 +241,13 @@ def test_bulk_submit_with_one_invalid_record_is_refused_whole_naming_job_and_row
 
 
 def test_a_job_belongs_to_its_client_and_keys_are_per_client(client, conn, monkeypatch):
-    import serving.dataplane as dataplane
+    import serving.protocols.jobs as jobs_protocol
 
-    monkeypatch.setattr(dataplane, "current_client", lambda: "alice")
+    monkeypatch.setattr(jobs_protocol, "current_client", lambda: "alice")
     key = f"shared-{uuid.uuid4()}"
     alice = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Idempotency-Key": key})
     assert alice.status_code == 202
-    monkeypatch.setattr(dataplane, "current_client", lambda: "bob")
+    monkeypatch.setattr(jobs_protocol, "current_client", lambda: "bob")
     bob = client.post("/v1/models/churn/jobs", json={"records": [GOOD]}, headers={"Idempotency-Key": key})
     assert bob.status_code == 202 and bob.json["id"] != alice.json["id"]  # same key, another client: a new job
     alice_url = alice.json["status_url"]
@@ -255,7 +255,7 @@ def test_a_job_belongs_to_its_client_and_keys_are_per_client(client, conn, monke
         resp = getattr(client, method)(alice_url)
         assert resp.status_code == 404 and resp.json["error"]["code"] == "job_not_found", resp.json
     assert client.get(bob.json["status_url"]).status_code == 200
-    monkeypatch.setattr(dataplane, "current_client", lambda: "alice")
+    monkeypatch.setattr(jobs_protocol, "current_client", lambda: "alice")
     assert client.get(alice_url).json["status"] == "queued"  # bob's DELETE did nothing
     assert conn.execute("SELECT owner FROM ops.prediction_jobs WHERE id = %s",
                         (alice.json["id"],)).fetchone()[0] == "alice"

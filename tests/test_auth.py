@@ -143,11 +143,11 @@ def jobs_client(db_url):
     from scoring.spec import load_spec
     from serving.app import create_app
     from serving.config import Settings
+    from serving.database import ServingDatabase
     from serving.model_holder import ModelHolder
-    from serving.store import PredictionStore
 
     spec = load_spec("churn")
-    store = PredictionStore(spec, db_url, timeout_s=2.0).open()
+    store = ServingDatabase(spec, db_url, timeout_s=2.0).open()
     app = create_app(Settings(model="churn", database_url=db_url, tokens=ENTRIES), holder=ModelHolder(spec),
                      store=store)
     yield app.test_client()

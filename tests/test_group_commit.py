@@ -1,4 +1,4 @@
-"""Group commit (serving/store.py GroupCommit) on the real test PostgreSQL: concurrent submits of one serving
+"""Group commit (serving/group_commit.py GroupCommit) on the real test PostgreSQL: concurrent submits of one serving
 process share transactions, each answered only once its own transaction committed; a crash before the commit
 leaves nothing and the clients' retries create each job once."""
 
@@ -12,7 +12,8 @@ import pytest
 
 from scoring import job_queue
 from scoring.spec import load_spec
-from serving.store import GroupCommit, PredictionStore
+from serving.database import ServingDatabase
+from serving.group_commit import GroupCommit
 
 ROW = {"tenure_months": 12, "plan": "basic", "region": None}
 
@@ -43,7 +44,7 @@ def _concurrently(n: int, fn) -> list:
 
 
 def test_concurrent_submits_share_commits_and_each_is_durable_when_answered(db_url, conn, model):
-    store = PredictionStore(load_spec("churn"), db_url, max_size=4).open()
+    store = ServingDatabase(load_spec("churn"), db_url, max_size=4).open()
     try:
         n = 48
         answered_visible: list[bool] = [False] * n
@@ -97,7 +98,7 @@ def test_a_crash_between_the_group_insert_and_its_commit_answers_no_one_and_leav
                         (model,)).fetchone()[0] == 0
     killer.close()
 
-    store = PredictionStore(load_spec("churn"), db_url, max_size=2).open()
+    store = ServingDatabase(load_spec("churn"), db_url, max_size=2).open()
     try:  # the clients retry (same keys) on a healthy process; twice, to show the second is a replay
         first = _concurrently(12, lambda i: store.submit_job(model, jobs[i]))
         second = _concurrently(12, lambda i: store.submit_job(model, jobs[i]))

@@ -13,7 +13,8 @@ from psycopg import sql
 
 from scoring.db import connect
 from scoring.store import ensure_day_partition, ensure_prediction_table
-from serving.store import PredictionStore, StoreUnavailable
+from serving.database import ServingDatabase
+from serving.failures import StoreUnavailable
 
 DAY = dt.date(2026, 3, 14)
 SCORED_AT = dt.datetime(2026, 3, 15, 2, 3, 4, 567890, tzinfo=dt.UTC)
@@ -31,7 +32,7 @@ def store(db_url, specs):
             conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, 'churn', 7, 'run_x', %s)").format(part),
                          (DAY, entity, score, None if entity == 4 else int(score > 0.5), SCORED_AT))
         conn.commit()
-    st = PredictionStore(spec, db_url, max_size=1).open()
+    st = ServingDatabase(spec, db_url, max_size=1).open()
     st.pool.wait(timeout=10)
     yield st
     st.close()
@@ -82,7 +83,7 @@ def test_a_killed_connection_is_replaced_and_the_statement_prepared_again(store,
 
 def test_an_unmigrated_table_is_unavailable_not_an_error(db_url, specs):
     spec = dataclasses.replace(specs["churn"], prediction_table="predictions.never_created")
-    st = PredictionStore(spec, db_url, max_size=1).open()
+    st = ServingDatabase(spec, db_url, max_size=1).open()
     try:
         with pytest.raises(StoreUnavailable, match="not migrated"):
             st.document(1, DAY)

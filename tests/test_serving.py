@@ -62,13 +62,13 @@ def served(db_url, trained_models, demo_features, specs, tmp_path_factory):
     spec = specs[MODEL]
     write_batch_predictions(spec, demo_features, db_url)
     logdir = tmp_path_factory.mktemp("serving")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     proc = start_gunicorn(MODEL, port, logdir / "gunicorn.log", env={
         "DATABASE_URL": db_url, "SERVING_POLL_INTERVAL_S": "1", "SERVING_MAX_ROWS": str(MAX_ROWS),
         "SERVING_MAX_BODY_BYTES": str(MAX_BODY), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "SERVING_ACCESS_LOG": str(logdir / "access.log")})
-    yield {"url": f"http://127.0.0.1:{port}", "port": port, "spec": spec, "day": demo_features,
-           "version": trained_models[MODEL], "logdir": logdir, "proc": proc}
+        "SERVING_ACCESS_LOG": str(logdir / "access.log")}, grpc_port=grpc_port)
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "grpc": f"127.0.0.1:{grpc_port}", "spec": spec,
+           "day": demo_features, "version": trained_models[MODEL], "logdir": logdir, "proc": proc}
     stop_process(proc)
 
 
@@ -458,6 +458,83 @@ def test_open_inference_protocol_with_tritonclient(served, db_url):
     wrong.set_data_from_numpy(matrix[:, :3].copy())
     with pytest.raises(InferenceServerException, match="columns"):
         client.infer(MODEL, [wrong])
+
+
+def test_open_inference_over_grpc_on_the_replica(served, db_url):
+    """tritonclient.grpc against the gunicorn replica's gRPC port (served by its workers)."""
+    import grpc
+    import tritonclient.grpc as tg
+    from tritonclient.grpc import service_pb2_grpc
+    from tritonclient.utils import InferenceServerException
+
+    from testing import oip_client
+
+    spec = served["spec"]
+    with tg.InferenceServerClient(served["grpc"]) as client:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+        assert client.get_server_metadata().name == "model-serving-platform"
+        meta = client.get_model_metadata(MODEL, as_json=True)
+        assert meta["versions"] == [served["version"]]
+        assert [i["name"] for i in meta["inputs"]] == spec.feature_names
+        frame = features_of(spec, served["day"], db_url, 50)
+        with connect(db_url) as conn:  # the nightly batch's scores for these rows
+            stored = dict(conn.execute("SELECT customer_id, score FROM predictions.churn WHERE prediction_date = "
+                                       "%s AND customer_id = ANY(%s)", (served["day"], frame.customer_id.tolist())))
+        want = np.array([stored[int(c)] for c in frame.customer_id], dtype=np.float32)
+        records = records_of(frame[spec.feature_names])
+        for n in (1, 50):
+            result = client.infer(MODEL, oip_client.triton_inputs(spec, records[:n]))
+            np.testing.assert_array_equal(result.as_numpy("score"), want[:n])  # batch == gRPC (raw contents)
+            assert result.get_response().model_version == served["version"]
+        with grpc.insecure_channel(served["grpc"]) as channel:
+            typed = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                oip_client.typed_request(spec, records), timeout=10)
+        np.testing.assert_array_equal(np.frombuffer(typed.raw_output_contents[0], dtype="<f4"), want)
+        wrong_shape = oip_client.triton_inputs(spec, records[:2])
+        wrong_shape[0].set_shape([2, 2])
+        for call, code, needle in [
+                (lambda: client.infer(MODEL, wrong_shape), "INVALID_ARGUMENT", spec.feature_names[0]),
+                (lambda: client.infer("nope", oip_client.triton_inputs(spec, records[:1])), "NOT_FOUND", "nope"),
+                (lambda: client.infer(MODEL, oip_client.triton_inputs(spec, records * 2)), "INVALID_ARGUMENT",
+                 "SERVING_MAX_ROWS")]:
+            with pytest.raises(InferenceServerException) as err:
+                call()
+            assert err.value.status() == f"StatusCode.{code}" and needle in str(err.value), str(err.value)
+            again = client.infer(MODEL, oip_client.triton_inputs(spec, records[:1]))  # the same client goes on
+            assert again.as_numpy("score")[0] == want[0]
+
+
+def test_batch_rest_grpc_and_async_give_identical_predictions(served, db_url, tmp_path):
+    """The same rows through the nightly batch, REST (/v1), gRPC and an async job: the same scores."""
+    import tritonclient.grpc as tg
+
+    from testing import oip_client
+    from testing.servers import AsyncWorker
+
+    spec = served["spec"]
+    frame = features_of(spec, served["day"], db_url, 30)
+    records = records_of(frame[spec.feature_names])
+    with connect(db_url) as conn:
+        stored = dict(conn.execute("SELECT customer_id, score FROM predictions.churn WHERE prediction_date = %s "
+                                   "AND customer_id = ANY(%s)", (served["day"], frame.customer_id.tolist())))
+    batch = [stored[int(c)] for c in frame.customer_id]
+    rest = [p["score"] for p in post(served, f"/v1/models/{MODEL}/predict", {"records": records}).json()["predictions"]]
+    with tg.InferenceServerClient(served["grpc"]) as client:
+        grpc_scores = client.infer(MODEL, oip_client.triton_inputs(spec, records)).as_numpy("score")
+    job = post(served, f"/v1/models/{MODEL}/jobs", {"records": records})
+    assert job.status_code == 202, job.text
+    worker = AsyncWorker(MODEL, tmp_path / "worker.log", {"DATABASE_URL": db_url, "SERVING_POLL_INTERVAL_S": "60"})
+    try:
+        worker.wait_ready()
+        deadline = time.time() + 60
+        while (done := requests.get(served["url"] + job.json()["status_url"], timeout=5).json())["status"] != "done":
+            assert done["status"] in ("queued", "running") and time.time() < deadline, done
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    async_scores = [p["score"] for p in done["predictions"]]
+    assert rest == batch == async_scores  # bit-identical doubles
+    np.testing.assert_array_equal(grpc_scores, np.array(batch, dtype=np.float32))  # FP32 on the wire, as /v2
 
 
 def test_open_inference_protocol_error_shape(served):

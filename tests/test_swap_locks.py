@@ -21,7 +21,8 @@ from scoring import batch
 from scoring.db import connect
 from scoring.scorer import Scorer
 from scoring.store import ensure_prediction_table
-from serving.store import PredictionStore, StoreUnavailable
+from serving.database import ServingDatabase
+from serving.failures import StoreUnavailable
 
 TABLE = "predictions.swap_locks_test"
 ANALYST_QUERY = f"SELECT count(*) FROM {TABLE}"
@@ -117,7 +118,7 @@ def test_lookups_do_not_stall_while_a_rerun_swaps_behind_an_analysts_long_read(s
     swaps. Lookups keep answering (worst latency measured); the swap completes once the reader ends."""
     day = demo_features - dt.timedelta(days=13)
     batch.run_batch(spec, day, "before", scorer=scorer)
-    store = PredictionStore(spec, db_url, max_size=2, statement_timeout_ms=2000, lock_timeout_ms=1000).open()
+    store = ServingDatabase(spec, db_url, max_size=2, statement_timeout_ms=2000, lock_timeout_ms=1000).open()
     store.pool.wait(timeout=10)
     reading = threading.Event()
     reader_done: list[float] = []
@@ -175,7 +176,7 @@ def test_lookups_do_not_stall_while_a_rerun_swaps_behind_an_analysts_long_read(s
 def test_a_serving_query_behind_a_lock_answers_quickly(spec, scorer, db_url, demo_features):
     day = demo_features - dt.timedelta(days=14)
     batch.run_batch(spec, day, "locked_day", scorer=scorer)
-    store = PredictionStore(spec, db_url, max_size=1, statement_timeout_ms=1000, lock_timeout_ms=200).open()
+    store = ServingDatabase(spec, db_url, max_size=1, statement_timeout_ms=1000, lock_timeout_ms=200).open()
     store.pool.wait(timeout=10)
     try:
         assert store.document(1, day) is not None
@@ -187,7 +188,7 @@ def test_a_serving_query_behind_a_lock_answers_quickly(spec, scorer, db_url, dem
             assert time.monotonic() - started < 1.5
             holder.rollback()
         assert store.document(1, day) is not None  # the pooled connection is still good
-        with store._connection() as conn:
+        with store.pool.connection() as conn:
             timeouts = conn.execute("SELECT current_setting('statement_timeout'), "
                                     "current_setting('lock_timeout')").fetchone()
         assert timeouts == ("1s", "200ms")
@@ -217,7 +218,7 @@ def test_an_unreachable_database_fails_fast_after_the_first_pool_timeout(specs):
     (a sync worker is not held for SERVING_DB_TIMEOUT_S per lookup while live predictions queue behind it)."""
     from stack.pg import free_port
 
-    store = PredictionStore(specs["churn"], f"postgresql://postgres@127.0.0.1:{free_port()}/serving", min_size=0,
+    store = ServingDatabase(specs["churn"], f"postgresql://postgres@127.0.0.1:{free_port()}/serving", min_size=0,
                             max_size=1, timeout_s=0.5).open()
     try:
         started = time.monotonic()

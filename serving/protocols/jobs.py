@@ -8,11 +8,11 @@
     GET    /v1/jobs/<id>                                  -> 200 status; with predictions + model_version when done
     DELETE /v1/jobs/<id>                                  -> 200 cancelled (queued jobs only; 409 otherwise)
 
-Records are validated at the door by the data plane with live predict's encoder (the same 4xx answers). A 202
-means the job is committed: concurrent single submits of one serving process share one commit (group commit,
-serving/store.py). A job belongs to the client that submitted it: another client's job is 404, and idempotency
-keys are per client. A queued job not claimed within SERVING_JOB_TTL_S ends `expired` with the reason. Workers
-(`python -m serving.worker`) do the scoring.
+Records are validated at the door by job intake (serving/job_intake.py) with live predict's encoder and entity-key
+check (the same 4xx answers). A 202 means the job is committed: concurrent single submits of one serving process
+share one commit (group commit, serving/group_commit.py). A job belongs to the client that submitted it: another
+client's job is 404, and idempotency keys are per client. A queued job not claimed within SERVING_JOB_TTL_S ends
+`expired` with the reason. Workers (`python -m serving.worker`) do the scoring.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from typing import Any
 from flask import Response, request, url_for
 
 from scoring import job_queue
+from serving.auth import current_client
 from serving.dataplane import plane
 from serving.errors import ERROR_SCHEMA, ApiError, error_response
 from serving.openapi import ref
 from serving.routes import Param, Protocol, Scope, json_answer
-from serving.wire import check_entity_keys, json_body, json_response, records_body
+from serving.wire import json_body, json_response, records_body
 
 api = Protocol("jobs", "Async predictions through the job queue", ERROR_SCHEMA, error_response)
 
@@ -86,8 +87,7 @@ def _job_response(job: job_queue.Job, status: int, **headers: str) -> Response:
 def submit_job(model: str) -> Response:
     key = _valid_key(request.headers.get("Idempotency-Key"), "Idempotency-Key")
     _, records = records_body(("records",))
-    check_entity_keys(records, plane().entity_key)
-    job, created = plane().submit_job(records, key)
+    job, created = plane().jobs.submit(records, key, current_client())
     location = url_for("jobs.get_job", job_id=str(job.id))
     if created:
         return _job_response(job, 202, Location=location)
@@ -103,7 +103,7 @@ def submit_job(model: str) -> Response:
            errors=(400, 404, 413, 415, 422, 503))
 def submit_bulk(model: str) -> Response:
     jobs = _bulk_body()
-    results = plane().submit_bulk(jobs)
+    results = plane().jobs.submit_bulk(jobs, current_client())
     body = {"jobs": [{**_job_body(job), "replayed": not created} for job, created in results]}
     return json_response(body, 202 if any(created for _, created in results) else 200)
 
@@ -129,11 +129,6 @@ def _bulk_body() -> list[tuple[list[dict[str, Any]], str | None]]:
         for r, rec in enumerate(records):
             if not isinstance(rec, dict):
                 raise ApiError(400, "invalid_records", f"job {i}, row {r}: each record must be an object", row=r)
-        try:
-            check_entity_keys(records, plane().entity_key)
-        except ApiError as exc:
-            exc.message = f"job {i}, {exc.message}"
-            raise
         out.append((records, _valid_key(job.get("idempotency_key"), f"job {i}: idempotency_key")))
     return out
 
@@ -142,11 +137,11 @@ def _bulk_body() -> list[tuple[list[dict[str, Any]], str | None]]:
            summary="Async job status; predictions and model_version when done",
            responses={200: json_answer("The job", _JOB, "Retry-After")}, errors=(400, 404, 503))
 def get_job(job_id: str) -> Response:
-    return _job_response(plane().get_job(job_id), 200)
+    return _job_response(plane().jobs.get(job_id, current_client()), 200)
 
 
 @api.route("DELETE", "/v1/jobs/<job_id>", auth=JOBS,
            summary="Cancel a queued async job (409 once running or finished)",
            responses={200: json_answer("Cancelled", _JOB)}, errors=(400, 404, 409, 503))
 def cancel_job(job_id: str) -> Response:
-    return _job_response(plane().cancel_job(job_id), 200)
+    return _job_response(plane().jobs.cancel(job_id, current_client()), 200)

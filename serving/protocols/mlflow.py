@@ -36,10 +36,10 @@ from mlflow.version import VERSION
 
 from scoring.encoding import check_json_ints
 from scoring.spec import ModelSpec
-from serving.dataplane import plane
+from serving.dataplane import plane, request_id
 from serving.errors import ApiError
 from serving.routes import PUBLIC, Protocol, Scope, json_answer
-from serving.wire import is_bigint
+from serving.values import is_bigint
 
 _CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST",
           413: "BAD_REQUEST", 415: "BAD_REQUEST", 422: "INVALID_PARAMETER_VALUE", 503: "TEMPORARILY_UNAVAILABLE"}
@@ -168,9 +168,8 @@ def invocations() -> Response:
             exc.message = f"Failed to predict data '{data}'. \nError: {exc.message}"
             raise
     # MLflow ignores columns the signature does not name; so do we here (not on the platform's own API).
-    _, preds = dp.predict_encoded(len(inputs), lambda scorer: scorer.encode(inputs, allow_extra=True).matrix,
-                                  route="mlflow")
-    values = preds.values()
+    scored = dp.predictor.predict(inputs, route="mlflow", allow_extra=True, request_id=request_id())
+    values = scored.predictions.values()
     return Response(json.dumps({"predictions": values.tolist()}), status=200, mimetype="application/json")
 
 

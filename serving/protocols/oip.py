@@ -1,32 +1,23 @@
 """The Open Inference Protocol (KServe v2 / Triton) REST API, with JSON tensors and the binary tensor extension.
 
-Inputs: one tensor per feature (name = feature, shape [N] or [N, 1]; category features as BYTES strings or
-integer codes), or one 2-D numeric tensor [N, n_features] in the spec's feature order with categories as codes.
-Outputs: `score` (FP32) and `label` (INT64) for a classifier, `prediction` (FP32) for a regressor.
+The tensors (inputs, outputs, raw data) are serving/open_inference.py's, shared with the gRPC form (serving/grpc/).
 Errors: `{"error": "..."}`.
 """
 
 from __future__ import annotations
 
-import math
-import struct
 from typing import Any
 
 import numpy as np
 from flask import Response, request
 
-from scoring.encoding import encode_columns
 from scoring.spec import ModelSpec
-from serving.dataplane import plane
+from serving import open_inference as tensors
+from serving.dataplane import plane, request_id
 from serving.errors import ApiError
 from serving.routes import PUBLIC, Protocol, Scope, json_answer
-from serving.wire import dumps, json_response, loads, shown
-
-SERVER_NAME = "model-serving-platform"
-SERVER_VERSION = "0.1.0"
-_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-          "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-          "FP32": np.float32, "FP64": np.float64}
+from serving.values import shown
+from serving.wire import dumps, json_response, loads
 
 
 def _render(exc: ApiError) -> Response:
@@ -43,16 +34,8 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, "invalid_input", message)
 
 
-def _outputs(spec: ModelSpec) -> list[dict[str, Any]]:
-    if spec.is_classifier:
-        return [{"name": "score", "datatype": "FP32", "shape": [-1]}, {"name": "label", "datatype": "INT64",
-                                                                       "shape": [-1]}]
-    return [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]
-
-
-def _inputs(spec: ModelSpec) -> list[dict[str, Any]]:
-    types = {"int": "INT64", "float": "FP32", "category": "BYTES"}
-    return [{"name": f.name, "datatype": types[f.type], "shape": [-1]} for f in spec.features]
+def _described(meta: list[tuple[str, str, list[int]]]) -> list[dict[str, Any]]:
+    return [{"name": name, "datatype": datatype, "shape": shape} for name, datatype, shape in meta]
 
 
 _TENSOR = {"type": "object", "required": ["name", "datatype", "shape"],
@@ -91,7 +74,8 @@ def ready() -> Response:
 @api.route("GET", "/v2", auth=PUBLIC, summary="OIP server metadata",
            responses={200: json_answer("Server metadata", {"type": "object", "required": ["name", "version"]})})
 def server_metadata() -> Response:
-    return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+    return json_response({"name": tensors.SERVER_NAME, "version": tensors.SERVER_VERSION,
+                          "extensions": list(tensors.EXTENSIONS)})
 
 
 def _loaded_version() -> str | None:
@@ -108,8 +92,9 @@ def model_metadata(model: str, version: str | None = None) -> Response:
     loaded = _loaded_version()
     if version is not None and version != loaded:
         raise ApiError(404, "unknown_version", f"model '{model}' version {version} is not loaded (loaded: {loaded})")
-    return json_response({"name": spec.name, "versions": [loaded] if loaded else [], "platform": "xgboost",
-                          "inputs": _inputs(spec), "outputs": _outputs(spec)})
+    return json_response({"name": spec.name, "versions": [loaded] if loaded else [], "platform": tensors.PLATFORM,
+                          "inputs": _described(tensors.input_metadata(spec)),
+                          "outputs": _described(tensors.output_metadata(spec))})
 
 
 @api.route("GET", "/v2/models/<model>/ready", auth=PUBLIC, summary="OIP model ready",
@@ -157,30 +142,10 @@ def _object_or_absent(obj: dict[str, Any], field: str, where: str) -> None:
         raise _bad(f"{where}: '{field}' must be an object, got {shown(obj[field])}")
 
 
-def _deserialize_bytes(raw: bytes) -> list[str]:
-    out, i = [], 0
-    while i < len(raw):
-        if i + 4 > len(raw):
-            raise _bad("malformed BYTES tensor: truncated length prefix")
-        (n,) = struct.unpack_from("<I", raw, i)
-        i += 4
-        out.append(raw[i:i + n].decode("utf-8", errors="replace"))
-        i += n
-    return out
-
-
-def _tensor_values(tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[Any, list[int], int]:
-    """(flat values, shape, new offset into the binary section)."""
-    name = tensor.get("name")
-    datatype = tensor.get("datatype")
-    shape = tensor.get("shape")
-    if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list) \
-            or not all(type(d) is int and d >= 0 for d in shape):
-        raise _bad(f"each input needs a 'name', a 'datatype' and a 'shape' (list of non-negative integers); got "
-                   f"name {shown(name)}, datatype {shown(datatype)}, shape {shown(shape)}")
-    if datatype != "BYTES" and datatype not in _NUMPY:
-        raise _bad(f"input '{name}': unsupported datatype {datatype!r}")
-    count = math.prod(shape)
+def _tensor(tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[tensors.Tensor, int]:
+    """One input tensor of the JSON header (its data inline, or in the binary section), and the new offset."""
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    tensors.check_header(name, datatype, shape)
     _object_or_absent(tensor, "parameters", f"input '{name}'")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
@@ -190,56 +155,23 @@ def _tensor_values(tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[
         if len(chunk) != size:
             raise _bad(f"input '{name}': binary_data_size {size} runs past the end of the body")
         offset += size
-        if datatype == "BYTES":
-            values: Any = _deserialize_bytes(chunk)
-        else:
-            dtype = np.dtype(_NUMPY[datatype]).newbyteorder("<")
-            if len(chunk) % dtype.itemsize:
-                raise _bad(f"input '{name}': {len(chunk)} bytes is not a whole number of {datatype} values")
-            values = np.frombuffer(chunk, dtype=dtype)
+        values: Any = tensors.raw_values(name, datatype, chunk)
     else:
         if "data" not in tensor:
             raise _bad(f"input '{name}': no 'data' (and no binary_data_size)")
         values = np.asarray(tensor["data"], dtype=object).reshape(-1).tolist()
-    if len(values) != count:
-        raise _bad(f"input '{name}': shape {shape} needs {count} values, got {len(values)}")
-    return values, shape, offset
+    return tensors.check_count(tensors.Tensor(name, datatype, shape, values)), offset
 
 
 def _columns(spec: ModelSpec, doc: dict[str, Any], binary: bytes) -> tuple[dict[str, Any], int]:
     offset = 0
-    tensors = []
+    decoded = []
     for t in doc["inputs"]:
         if not isinstance(t, dict):
             raise _bad("each entry of 'inputs' must be an object")
-        values, shape, offset = _tensor_values(t, binary, offset)
-        tensors.append((t["name"], t["datatype"], values, shape))
-    names = spec.feature_names
-    if len(tensors) == 1 and len(tensors[0][3]) == 2 and tensors[0][0] not in names:
-        name, datatype, values, shape = tensors[0]
-        if datatype == "BYTES":
-            raise _bad(f"input '{name}': a 2-D input must be numeric (categories as integer codes)")
-        if shape[1] != len(names):
-            raise _bad(f"input '{name}': a 2-D input needs {len(names)} columns in the order {names}, "
-                       f"got shape {shape}")
-        try:
-            matrix = np.asarray(values, dtype=object if isinstance(values, list) else None).reshape(shape)
-        except (TypeError, ValueError) as exc:
-            raise _bad(f"input '{name}': values must be numbers: {exc}") from exc
-        return {n: matrix[:, j] for j, n in enumerate(names)}, shape[0]
-    columns: dict[str, Any] = {}
-    rows = None
-    for name, datatype, values, shape in tensors:
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise _bad(f"input '{name}': a per-feature input has shape [N] or [N, 1], got {shape}")
-        if rows is not None and shape[0] != rows:
-            raise _bad(f"input '{name}': {shape[0]} rows, but other inputs have {rows}")
-        rows = shape[0]
-        if datatype == "BYTES":  # tensors have no null: an empty string is a missing value
-            columns[name] = [None if v in ("", b"") else v for v in values]
-        else:
-            columns[name] = values  # as sent (a uint64 stays an integer): the encoder converts and checks
-    return columns, int(rows or 0)
+        tensor, offset = _tensor(t, binary, offset)
+        decoded.append(tensor)
+    return tensors.columns(spec, decoded)
 
 
 _INFER = {"responses": {200: json_answer("Output tensors (JSON, or the binary extension as "
@@ -256,10 +188,9 @@ def infer(model: str, version: str | None = None) -> Response:
     spec = plane().spec
     doc, binary = _read_request()
     columns, n_rows = _columns(spec, doc, binary)
-    scorer, preds = plane().predict_encoded(n_rows, lambda _: encode_columns(spec, columns).matrix, route="oip",
-                                            version=version)
-    produced = {"score": preds.scores, "label": preds.labels} if spec.is_classifier else {"prediction": preds.scores}
-    dtypes = {"score": ("FP32", np.float32), "label": ("INT64", np.int64), "prediction": ("FP32", np.float32)}
+    scored = plane().predictor.predict(columns, route="oip", n_rows=n_rows, version=version, request_id=request_id())
+    preds = scored.predictions
+    produced = tensors.outputs(spec, preds)
     wanted = doc.get("outputs")
     binary_default = (doc.get("parameters") or {}).get("binary_data_output", False)
     if wanted is None:
@@ -279,17 +210,16 @@ def infer(model: str, version: str | None = None) -> Response:
             requested.append((name, as_binary))
     outputs, blobs = [], []
     for name, as_binary in requested:
-        datatype, dtype = dtypes[name]
-        arr = np.asarray(produced[name], dtype=dtype)
+        datatype, arr = produced[name]
         out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(arr)]}
         if as_binary:
-            blob = arr.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+            blob = tensors.little_endian(arr)
             out["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
             out["data"] = arr.tolist()
         outputs.append(out)
-    result: dict[str, Any] = {"model_name": spec.name, "model_version": scorer.version, "outputs": outputs}
+    result: dict[str, Any] = {"model_name": spec.name, "model_version": scored.version, "outputs": outputs}
     if "id" in doc:
         result["id"] = doc["id"]
     head = dumps(result).encode()

@@ -10,11 +10,12 @@ import time
 from flask import Response, request
 
 from serving.auth import sees_internals
-from serving.dataplane import FALLBACKS, plane
+from serving.dataplane import FALLBACKS, plane, request_id
 from serving.errors import ERROR_SCHEMA, ApiError, error_response
 from serving.openapi import ref
 from serving.routes import PUBLIC, Param, Protocol, Scope, json_answer
-from serving.wire import check_entity_keys, is_bigint, json_response, records_body, shown
+from serving.values import is_bigint, shown
+from serving.wire import json_response, records_body
 
 api = Protocol("v1", "The platform's API: lookups, live predictions, model info", ERROR_SCHEMA, error_response)
 
@@ -79,7 +80,7 @@ def lookup(model: str, entity_id: str) -> Response:
             day = dt.date.fromisoformat(day_param)
         except ValueError as exc:
             raise ApiError(400, "invalid_date", f"date must be YYYY-MM-DD, got {day_param!r}") from exc
-    found = dp.lookup(eid, day, fallback)
+    found = dp.lookups.lookup(eid, day, fallback, request_id=request_id())
     if isinstance(found, bytes):  # the document as the database rendered it
         return Response(found, mimetype="application/json")
     return json_response(found)
@@ -98,9 +99,24 @@ def predict(model: str) -> Response:
         raise ApiError(400, "invalid_fallback", f"'fallback' must be one of {list(FALLBACKS)}, got {shown(fallback)}",
                        column="fallback")
     dp = plane()
-    check_entity_keys(records, dp.entity_key)
-    version, items = dp.predict_records(records, fallback)
-    return json_response({"model": dp.spec.name, "model_version": version, "predictions": items})
+    features, ids = dp.predictor.split(records)
+    rid = request_id()
+    if fallback == "precomputed" and ids is not None:
+        answered = dp.lookups.cache_first(features, ids, request_id=rid)
+        if answered is not None:
+            return _predicted(answered[0], answered[1])
+    scored = dp.predictor.predict(features, route="v1", ids=ids, request_id=rid)
+    items = scored.predictions.records()
+    if fallback == "precomputed" or (ids is not None and any(e is not None for e in ids)):
+        for item, e in zip(items, ids or [None] * len(items), strict=True):
+            item["source"] = "live"
+            if e is not None:
+                item[dp.entity_key] = e
+    return _predicted(scored.version, items)
+
+
+def _predicted(version: str | None, items: list[dict]) -> Response:
+    return json_response({"model": plane().spec.name, "model_version": version, "predictions": items})
 
 
 @api.route("GET", "/v1/models/<model>", auth=PUBLIC,
@@ -127,7 +143,7 @@ def model_info(model: str) -> Response:
         "reload": {"poll_interval_s": dp.holder.poll_interval_s, "reloads": stats.reloads,
                    "refused": stats.refused, "refused_versions": stats.refused_versions,
                    "last_error": stats.last_error, "last_check_at": _iso(stats.last_check_at)},
-        "limits": {"max_rows": dp.max_rows, "max_body_bytes": dp.settings.max_body_bytes},
+        "limits": {"max_rows": dp.predictor.max_rows, "max_body_bytes": dp.settings.max_body_bytes},
         "process_started": _iso(_STARTED),
     }
     if not sees_internals():  # anonymous callers of a deployment with tokens: no error text, tables or alias
