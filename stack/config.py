@@ -61,6 +61,10 @@ class StackConfig:
     serving_port: int = setting("STACK_SERVING_PORT")
     replica_port: int | None = setting("STACK_REPLICA_PORT")  # None: serving_port + 100
     replicas: int = setting("STACK_SERVING_REPLICAS")
+    job_replicas: int = setting("STACK_JOB_REPLICAS")  # threaded replicas per model for the job routes
+    job_threads: int = setting("STACK_JOB_THREADS")
+    unix_sockets: bool = setting("STACK_GATEWAY_UNIX")  # the gateway reaches the replicas over Unix sockets
+    grpc_port: int = setting("STACK_GRPC_PORT")
     executor: str = setting("STACK_EXECUTOR")
     redis_port: int = setting("STACK_REDIS_PORT")
     components: frozenset[str] = setting("STACK_COMPONENTS")
@@ -156,6 +160,23 @@ class StackConfig:
         """The loopback port of one gunicorn replica (model in models.yaml order, replica from 0)."""
         base = self.replica_port or self.serving_port + 100
         return base + model_index * self.replicas + replica
+
+    def job_port_of(self, model_index: int, replica: int, models: int) -> int:
+        """The loopback port of one job replica: after every model's sync replicas."""
+        base = self.replica_port or self.serving_port + 100
+        return base + models * self.replicas + model_index * self.job_replicas + replica
+
+    def replica_grpc_address(self, name: str) -> str | None:
+        """Where replica `name`'s gRPC server listens (a Unix socket in the run folder), or None while the
+        serving app has no gRPC server (SERVING_GRPC_BIND not declared)."""
+        if "SERVING_GRPC_BIND" not in REGISTRY:
+            return None
+        return f"unix:{self.run_dir / f'{name}.grpc.sock'}"
+
+    @property
+    def grpc_url(self) -> str:
+        """The gateway's gRPC listener (host:port, as gRPC clients take it)."""
+        return f"{self.host}:{self.grpc_port}"
 
     def serving_url(self, index: int, replica: int = 0) -> str:
         return f"http://{self.host}:{self.replica_port_of(index, replica)}"
