@@ -212,8 +212,8 @@ def serving_services(cfg: StackConfig) -> list[Service]:
             env.update({"SERVING_WORKERS": "1", "SERVING_THREADS": str(cfg.job_threads)})
         else:
             env["SERVING_WORKERS"] = replica_workers(env, cfg.replicas)
-        if rep.grpc:  # only once the serving app declares SERVING_GRPC_BIND (its gRPC server's address)
-            env.update({"SERVING_GRPC_BIND": rep.grpc})
+        if rep.grpc:  # its gRPC server's port (sync replicas, once the serving app has one)
+            env.update({"SERVING_GRPC_PORT": rep.grpc.rsplit(":", 1)[1]})
         argv = [str(VENV_BIN / "gunicorn"), "-c", "serving/gunicorn.conf.py"]
         if rep.socket:  # command-line binds replace the config file's: the TCP port (probes, tests) and the socket
             argv += ["--bind", rep.address, "--bind", f"unix:{rep.socket}"]

@@ -166,13 +166,6 @@ class StackConfig:
         base = self.replica_port or self.serving_port + 100
         return base + models * self.replicas + model_index * self.job_replicas + replica
 
-    def replica_grpc_address(self, name: str) -> str | None:
-        """Where replica `name`'s gRPC server listens (a Unix socket in the run folder), or None while the
-        serving app has no gRPC server (SERVING_GRPC_BIND not declared)."""
-        if "SERVING_GRPC_BIND" not in REGISTRY:
-            return None
-        return f"unix:{self.run_dir / f'{name}.grpc.sock'}"
-
     @property
     def grpc_url(self) -> str:
         """The gateway's gRPC listener (host:port, as gRPC clients take it)."""

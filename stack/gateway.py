@@ -29,7 +29,7 @@ class Replica:
     port: int
     socket: Path | None = None  # a Unix socket it listens on too (the gateway's way in), None: TCP only
     kind: str = "serving"  # "serving" (predict, lookup, OIP, MLflow) or "jobs" (threaded: the job routes)
-    grpc: str | None = None  # its gRPC server's address, when it runs one
+    grpc: str | None = None  # its gRPC server's host:port, when it runs one
 
     @property
     def name(self) -> str:
@@ -47,17 +47,20 @@ class Replica:
 
 def replicas(cfg: StackConfig, models: list[str]) -> list[Replica]:
     """Every model's sync replicas, then every model's job replicas (STACK_JOB_REPLICAS each)."""
-    out = [_replica(cfg, model, r, cfg.replica_port_of(i, r), "serving")
+    out = [_replica(cfg, model, r, cfg.replica_port_of(i, r), "serving", i)
            for i, model in enumerate(models) for r in range(cfg.replicas)]
-    out += [_replica(cfg, model, r, cfg.job_port_of(i, r, len(models)), "jobs")
+    out += [_replica(cfg, model, r, cfg.job_port_of(i, r, len(models)), "jobs", i)
             for i, model in enumerate(models) for r in range(cfg.job_replicas)]
     return out
 
 
-def _replica(cfg: StackConfig, model: str, index: int, port: int, kind: str) -> Replica:
+def _replica(cfg: StackConfig, model: str, index: int, port: int, kind: str, model_index: int) -> Replica:
     rep = Replica(model, index, cfg.host, port, kind=kind)
     socket = cfg.run_dir / f"{rep.name}.sock" if cfg.unix_sockets else None
-    grpc = cfg.replica_grpc_address(rep.name) if kind == "serving" else None
+    # The sync replicas serve gRPC too, each on its own loopback port (SERVING_GRPC_PORT, laid out by
+    # StackConfig.replica_grpc_port_of where the serving app has a gRPC server); the job replicas do not.
+    grpc_port_of = getattr(cfg, "replica_grpc_port_of", None)
+    grpc = f"{cfg.host}:{grpc_port_of(model_index, index)}" if grpc_port_of and kind == "serving" else None
     return Replica(model, index, cfg.host, port, socket, kind, grpc)
 
 

@@ -8,6 +8,7 @@ stack whole again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -44,10 +45,12 @@ def stack(db_url: str, mlflow_server: str, trained_models: dict[str, str], demo_
         run_batch(specs[model], demo_features, f"gw_{uuid.uuid4().hex[:8]}", url=db_url)
     home = Path(tempfile.mkdtemp(prefix="gateway-test-"))
     home.chmod(0o755)  # nginx's workers (nobody when run as root) write their temp files inside it
-    # 2 sync replicas and 1 threaded job replica per model
+    # 2 sync replicas and 1 threaded job replica per model; the sync ones' gRPC ports where the app serves gRPC
+    grpc_ports = {"replica_grpc_port": free_run(4)} if "replica_grpc_port" in {
+        f.name for f in dataclasses.fields(StackConfig)} else {}
     cfg = StackConfig(home=home, external_db_url=db_url, mlflow_port=int(mlflow_server.rsplit(":", 1)[1]),
                       serving_port=free_run(1), grpc_port=free_run(1), replica_port=free_run(6), replicas=2,
-                      job_replicas=1, components=frozenset({"serving", "gateway"}))
+                      job_replicas=1, components=frozenset({"serving", "gateway"}), **grpc_ports)
     log: list[str] = []
     try:
         up(cfg, out=log.append)
@@ -187,14 +190,18 @@ def test_stub_status_for_prometheus(stack: StackConfig) -> None:
 # ---------------------------------------------------------------- standard clients through the one door
 
 
+def _matrix(specs, records: list[dict], model: str):  # noqa: ANN202 - a numpy array
+    from scoring.encoding import encode
+
+    return encode(specs[model], records).matrix  # float32, spec order, categories as codes
+
+
 def _tensor(specs, model: str, n: int):  # noqa: ANN202 - a tritonclient InferInput
     """One 2-D FP32 tensor of n rows (categories as codes, spec order), and the rows as records."""
     import tritonclient.http as th
 
-    from scoring.encoding import encode
-
     records = _features(specs, model, n)
-    matrix = encode(specs[model], records).matrix
+    matrix = _matrix(specs, records, model)
     tensor = th.InferInput("input", list(matrix.shape), "FP32")
     tensor.set_data_from_numpy(matrix)
     return tensor, records
@@ -241,6 +248,51 @@ def test_tritonclient_http_through_the_gateway(stack: StackConfig, specs) -> Non
         assert not client.is_model_ready("nope")
         # the same client (and its connection pool) still works after the errors
         assert client.infer("churn", [tensor]).as_numpy("score").shape == (2,)
+    finally:
+        client.close()
+
+
+def test_tritonclient_grpc_through_the_gateway(stack: StackConfig, specs) -> None:
+    """The same through the gateway's gRPC port, the model named in the `model` metadata (stack/gateway_conf.py).
+    Needs the replicas' gRPC servers (serving/grpc/, SERVING_GRPC_PORT): skipped where the app has none."""
+    import numpy as np
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+
+    if not any(rep.grpc for rep in replicas(stack, list(MODELS))):
+        pytest.skip("the serving replicas run no gRPC server in this checkout")
+    client = tg.InferenceServerClient(stack.grpc_url)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.get_server_metadata().name
+        for model in MODELS:
+            route = {"model": model}
+            assert client.is_model_ready(model, headers=route)
+            version = client.get_model_metadata(model, headers=route).versions[0]
+            output = "score" if specs[model].is_classifier else "prediction"
+            for n in (1, 50):
+                tensor, records = _tensor(specs, model, n)
+                grpc_tensor = tg.InferInput("input", tensor.shape(), "FP32")
+                grpc_tensor.set_data_from_numpy(_matrix(specs, records, model))
+                result = client.infer(model, [grpc_tensor], headers=route)
+                want = _post(f"{stack.gateway_url}/v1/models/{model}/predict", {"records": records}).json()
+                np.testing.assert_array_equal(
+                    result.as_numpy(output), np.array([p[output] for p in want["predictions"]], dtype=np.float32))
+                assert result.get_response().model_version == version
+        tensor, records = _tensor(specs, "churn", 2)
+        good = tg.InferInput("input", tensor.shape(), "FP32")
+        good.set_data_from_numpy(_matrix(specs, records, "churn"))
+        wrong = tg.InferInput("input", [2, 3], "FP32")
+        wrong.set_data_from_numpy(np.zeros((2, 3), dtype=np.float32))
+        for needle, call in {"columns": lambda: client.infer("churn", [wrong], headers={"model": "churn"}),
+                             "metadata 'model'": lambda: client.infer("nope", [good], headers={"model": "nope"}),
+                             "nope": lambda: client.infer("nope", [good], headers={"model": "churn"})}.items():
+            with pytest.raises(InferenceServerException) as caught:
+                call()
+            assert needle in str(caught.value), str(caught.value)
+            assert caught.value.status() in ("StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"), \
+                caught.value.status()
+        assert client.infer("churn", [good], headers={"model": "churn"}).as_numpy("score").shape == (2,)
     finally:
         client.close()
 
