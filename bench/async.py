@@ -15,6 +15,10 @@ workers, as deployed; --serving-threads N for gthread) and `python -m serving.wo
    id and Idempotency-Key), then again one job per request (`POST .../jobs`: the group commit's case);
    end-to-end jobs/s = K / (first submit -> last result), p99 / max latency submit -> result;
 5. steady 100-record jobs: K/10 jobs of 100 records each, one per request, 32 connections -> rows/s.
+6. gateway job routes (a scenario of its own, --skip-gateway-jobs leaves it out): one job per request, end to
+   end, through a gateway (nginx, stack/gateway.py) whose job routes go to the sync deployment above, then
+   through one whose job routes go to a threaded replica (1 gunicorn worker x STACK_JOB_THREADS threads, as
+   `make up` runs them), alternated --gateway-rounds times; medians, target threaded >= 1.5x sync.
 
 Every job of every phase is checked: done exactly once (`result_writes` = 1, one row per idempotency key) and,
 in the steady phases, its result fetched over HTTP (`GET /v1/jobs/<id>`) and equal to Scorer.score of its
@@ -34,6 +38,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -102,17 +107,22 @@ def start_stack(args: argparse.Namespace) -> Env:
         raise
 
 
-def start_gunicorn(env: Env, workers: int, threads: int = 1) -> None:
+def start_gunicorn(env: Env, workers: int, threads: int = 1, log_name: str = "gunicorn") -> str:
+    """A serving deployment (the bench's own unless `log_name` names another); returns its URL."""
     port = free_port()
     penv = {"DATABASE_URL": env.db_url, "MLFLOW_TRACKING_URI": env.mlflow_uri, "SERVING_WORKERS": str(workers),
             "SERVING_THREADS": str(threads), "SERVING_DB_POOL_MAX": str(max(4, threads + 1)),
             "SERVING_ACCESS_LOG": "", "SERVING_LOG_LEVEL": "warning"}
-    env.serving_url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    if log_name == "gunicorn":
+        env.serving_url = url
+    log = env.root / f"{log_name}.log"
     try:
-        proc = env.platform.gunicorn(MODEL, port, env=penv, log_path=env.root / "gunicorn.log")
-        wait_http(f"{env.serving_url}/readyz", 120, proc, "gunicorn")
+        proc = env.platform.gunicorn(MODEL, port, env=penv, log_path=log)
+        wait_http(f"{url}/readyz", 120, proc, log_name)
     except ServiceError as exc:
-        raise SystemExit(f"{exc}\n{(env.root / 'gunicorn.log').read_text()[-2000:]}") from exc
+        raise SystemExit(f"{exc}\n{log.read_text()[-2000:]}") from exc
+    return url
 
 
 def start_worker(env: Env, name: str, batch_size: int, lease_s: float) -> AsyncWorker:
@@ -269,6 +279,52 @@ def fetch_and_check(env: Env, ids: list[str], expected: list[list[dict]], concur
     return bad
 
 
+# ------------------------------------------------------------------------------- gateway job routes (scenario 6)
+
+
+def gateway_jobs(env: Env, conn: psycopg.Connection, records: list[dict], expected: list[list[dict]],
+                 args: argparse.Namespace, run: str) -> tuple[dict[str, float], int, int]:
+    """One-job-a-request submits end to end through the gateway, the job routes on the sync deployment vs on a
+    threaded job replica (the gateway's own layout). Returns (median jobs/s per set, lost or wrong, duplicated)."""
+    from stack.gateway import Upstreams, start_standalone
+    from stack.services import stop_process
+
+    threads = read("STACK_JOB_THREADS")
+    threaded = start_gunicorn(env, 1, threads, "gunicorn-jobs")
+    sync = env.serving_url.removeprefix("http://")
+    gateways, procs = {}, []
+    try:
+        for name, jobs in (("sync", []), ("threaded", [threaded.removeprefix("http://")])):
+            port = free_port()
+            procs.append(start_standalone({MODEL: Upstreams([sync], jobs)}, port, env.root / f"gw-{name}",
+                                          env.root / f"gw-{name}.log"))
+            gateways[name] = f"http://127.0.0.1:{port}"
+        rates: dict[str, list[float]] = {"sync": [], "threaded": []}
+        bad = duplicated = 0
+        for rnd in range(args.gateway_rounds):
+            for name, url in gateways.items():
+                tag = f"bench-{run}-gw-{name}-{rnd}"
+                queue_empty(conn)
+                workers = [start_worker(env, f"{tag}-w{i}", args.batch_size, 30) for i in range(2)]
+                wait_ready(workers)
+                via = Env(env.platform, env.db_url, env.mlflow_uri, url)
+                ids, _ = submit_jobs(via, [[r] for r in records], tag, args.concurrency, 1)
+                wait_done(conn, ids, 600)
+                for w in workers:
+                    w.stop()
+                res = check(conn, tag, ids, expected)
+                bad += res.lost + res.wrong
+                duplicated += res.duplicated
+                rates[name].append(len(ids) / res.e2e_s)
+                say(f"gateway jobs ({name} replicas{f', {threads} threads' if name == 'threaded' else ''}), round "
+                    f"{rnd + 1}: {len(ids) / res.e2e_s:.0f} jobs/s end to end; lost {res.lost}, duplicated "
+                    f"{res.duplicated}, wrong {res.wrong}")
+        return {name: statistics.median(r) for name, r in rates.items()}, bad, duplicated
+    finally:
+        for proc in procs:
+            stop_process(proc)
+
+
 # ---------------------------------------------------------------------------------------------------- checks
 
 
@@ -340,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serving-threads", type=int, default=1,
                         help="SERVING_THREADS: 1 = sync workers (deployed); >1 = gthread (group commit groups)")
     parser.add_argument("--kill-lease-s", type=float, default=3.0)
+    parser.add_argument("--skip-gateway-jobs", action="store_true", help="leave out scenario 6 (gateway job routes)")
+    parser.add_argument("--gateway-rounds", type=int, default=2, help="scenario 6: alternated rounds per replica set")
     parser.add_argument("--use-env", action="store_true",
                         help="use DATABASE_URL / MLFLOW_TRACKING_URI (migrated, churn@champion), not own services")
     args = parser.parse_args(argv)
@@ -456,6 +514,14 @@ def main(argv: list[str] | None = None) -> int:
         ok = (e2e >= live and rows100 >= 10 * live and p99 <= 1.0 and lost == 0 and duplicated == 0)
         say(f"targets (e2e single-row >= 1.0x live, 100-record rows/s >= 10x live, p99 submit->result <= 1 s, "
             f"0 lost, 0 duplicated): {'meets' if ok else 'MISSES'} (p99 {p99:.3f}s)")
+        if not args.skip_gateway_jobs:
+            gw, gw_lost, gw_duplicated = gateway_jobs(env, conn, records, single, args, run)
+            lost += gw_lost
+            duplicated += gw_duplicated
+            print(f"gateway job routes, one job per request end to end (median of {args.gateway_rounds}): sync "
+                  f"replicas {gw['sync']:.0f} jobs/s, threaded job replica {gw['threaded']:.0f} jobs/s = "
+                  f"{gw['threaded'] / gw['sync']:.2f}x (target >= 1.5x: "
+                  f"{'met' if gw['threaded'] >= 1.5 * gw['sync'] else 'MISSED'})")
         print(f"async e2e_jobs_per_s={e2e:.0f} e2e_vs_live_single_row={e2e / live:.2f}x "
               f"e2e_rows_per_s_100={rows100:.0f} drain_jobs_per_s={drain_rate:.0f} max_latency_s={max_lat:.2f} "
               f"lost={lost} duplicated={duplicated}",

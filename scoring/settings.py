@@ -316,6 +316,16 @@ _VARS: tuple[Var, ...] = (
        default_doc="STACK_SERVING_PORT + 200"),
     _v("STACK_SERVING_REPLICAS", "int", "2", "gunicorn replicas per model behind the gateway.", ("stack",),
        group=_STACK, low=1, high=32),
+    _v("STACK_JOB_REPLICAS", "int", "1",
+       "Threaded gunicorn replicas per model for the job routes (`/v1/models/<m>/jobs*`, `/v1/jobs/*`); 0: the "
+       "job routes go to the sync replicas.", ("stack",), group=_STACK, low=0, high=32),
+    _v("STACK_JOB_THREADS", "int", "8", "gthread threads per job replica (SERVING_THREADS there).", ("stack",),
+       group=_STACK, low=2, high=256),
+    _v("STACK_GATEWAY_UNIX", "bool", "true",
+       "The gateway reaches the replicas over Unix sockets (each also listens on its TCP port); false: TCP.",
+       ("stack",), group=_STACK),
+    _v("STACK_GRPC_PORT", "port", "8001", "The gateway's gRPC listener (HTTP/2): every model, routed by the "
+       "`model` request metadata.", ("stack",), group=_STACK),
     _v("STACK_EXECUTOR", "choice", "local",
        "Airflow's executor: `local` (LocalExecutor) or `celery` (Redis and two Celery workers).", ("stack",),
        group=_STACK, choices=("local", "celery")),

@@ -42,6 +42,7 @@ class Service:
     timeout: float = 120.0
     settle: float = 0.0  # seconds a port-less process must stay up before it counts as started
     stage: int = 0  # services of one stage start side by side; stages start in order
+    upstream: str | None = None  # serving replicas: the address the gateway reaches it at (rolling restarts)
     notes: list[str] = field(default_factory=list)
     fingerprint: str | None = None  # a model's process: its models.yaml entry and command (set by catalogue())
 
@@ -221,20 +222,27 @@ def replica_workers(env: dict[str, str], replicas: int) -> str:
 
 
 def serving_services(cfg: StackConfig) -> list[Service]:
-    """cfg.replicas gunicorns per model, each its own process group on its own loopback port."""
+    """Per model cfg.replicas sync gunicorns (predict, lookup, OIP, MLflow) and cfg.job_replicas threaded ones
+    (the job routes), each its own process group on its own loopback port and, for the gateway, a Unix socket."""
     from stack.gateway import replicas
 
     out: list[Service] = []
-    models = served_models()
-    for rep in replicas(cfg, models):
+    for rep in replicas(cfg, served_models()):
         env = base_env(cfg)
-        env.update({"SERVING_MODEL": rep.model, "SERVING_BIND": rep.address,
-                    "SERVING_WORKERS": replica_workers(env, cfg.replicas),
-                    "SERVING_GRPC_PORT": str(cfg.replica_grpc_port_of(models.index(rep.model), rep.index))})
+        env.update({"SERVING_MODEL": rep.model, "SERVING_BIND": rep.address})
+        if rep.kind == "jobs":  # one process, threads: a submit mostly waits on PostgreSQL
+            env.update({"SERVING_WORKERS": "1", "SERVING_THREADS": str(cfg.job_threads)})
+        else:
+            env["SERVING_WORKERS"] = replica_workers(env, cfg.replicas)
+        if rep.grpc:  # its gRPC server's port (sync replicas, once the serving app has one)
+            env.update({"SERVING_GRPC_PORT": rep.grpc.rsplit(":", 1)[1]})
+        argv = [str(VENV_BIN / "gunicorn"), "-c", "serving/gunicorn.conf.py"]
+        if rep.socket:  # command-line binds replace the config file's: the TCP port (probes, tests) and the socket
+            argv += ["--bind", rep.address, "--bind", f"unix:{rep.socket}"]
         url = f"http://{rep.address}"
-        out.append(Service(rep.name, "serving",
-                           [str(VENV_BIN / "gunicorn"), "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"],
-                           env, http_probe(f"{url}/healthz"), port=rep.port, url=url, timeout=90, stage=3))
+        out.append(Service(rep.name, "serving", [*argv, "serving.app:create_app()"], env,
+                           http_probe(f"{url}/healthz"), port=rep.port, url=url, timeout=90, stage=3,
+                           upstream=rep.upstream))
     return out
 
 

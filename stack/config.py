@@ -62,6 +62,10 @@ class StackConfig:
     replica_port: int | None = setting("STACK_REPLICA_PORT")  # None: serving_port + 100
     replica_grpc_port: int | None = setting("STACK_REPLICA_GRPC_PORT")  # None: serving_port + 200
     replicas: int = setting("STACK_SERVING_REPLICAS")
+    job_replicas: int = setting("STACK_JOB_REPLICAS")  # threaded replicas per model for the job routes
+    job_threads: int = setting("STACK_JOB_THREADS")
+    unix_sockets: bool = setting("STACK_GATEWAY_UNIX")  # the gateway reaches the replicas over Unix sockets
+    grpc_port: int = setting("STACK_GRPC_PORT")
     executor: str = setting("STACK_EXECUTOR")
     redis_port: int = setting("STACK_REDIS_PORT")
     components: frozenset[str] = setting("STACK_COMPONENTS")
@@ -163,6 +167,16 @@ class StackConfig:
         the gateway's grpc_pass upstreams are these."""
         base = self.replica_grpc_port or self.serving_port + 200
         return base + model_index * self.replicas + replica
+
+    def job_port_of(self, model_index: int, replica: int, models: int) -> int:
+        """The loopback port of one job replica: after every model's sync replicas."""
+        base = self.replica_port or self.serving_port + 100
+        return base + models * self.replicas + model_index * self.job_replicas + replica
+
+    @property
+    def grpc_url(self) -> str:
+        """The gateway's gRPC listener (host:port, as gRPC clients take it)."""
+        return f"{self.host}:{self.grpc_port}"
 
     def serving_url(self, index: int, replica: int = 0) -> str:
         return f"http://{self.host}:{self.replica_port_of(index, replica)}"

@@ -66,7 +66,7 @@ def rolling_restart(cfg: StackConfig, out: Out = print, ready_timeout: float = 1
         began = time.monotonic()
         record = read_pid(cfg.pid_file(svc.name))
         was_ready = alive(record) and _ready(svc.url or "")
-        address = f"{cfg.host}:{svc.port}"
+        address = svc.upstream or f"{cfg.host}:{svc.port}"
         try:
             if gateway_pid is not None:
                 _set_rotation(cfg, models, {address}, gateway_pid)

@@ -335,8 +335,11 @@ def prepare_gateway(cfg: StackConfig, services: list[Service]) -> bool:
     if gateway is None:
         return False
     from stack.catalogue import served_models
-    from stack.gateway import GatewayError, check_config, ensure_nginx, nginx_argv, write_config
+    from stack.gateway import GatewayError, check_config, ensure_nginx, nginx_argv, replicas, write_config
 
+    grpc = any(rep.grpc for rep in replicas(cfg, served_models()))  # the gRPC listener: once replicas serve it
+    if grpc and not alive(read_pid(cfg.pid_file("gateway"))) and port_in_use(cfg.grpc_port):
+        raise StackError(_taken("gateway (gRPC)", cfg.grpc_port, "STACK_GRPC_PORT"))
     try:
         binary = ensure_nginx()
         gateway.argv = nginx_argv(cfg, binary)
@@ -454,6 +457,8 @@ def write_env_file(cfg: StackConfig) -> Path:
     keys = sorted(k for k in env if k.startswith("AIRFLOW"))
     lines = [f"export DATABASE_URL={shlex.quote(cfg.db_url('serving'))}",
              f"export MLFLOW_TRACKING_URI={shlex.quote(cfg.mlflow_url)}",
+             f"export STACK_SERVING_PORT={cfg.serving_port}",
+             f"export STACK_GRPC_PORT={cfg.grpc_port}",
              *[f"export {k}={shlex.quote(env[k])}" for k in keys]]
     path = cfg.home / "stack.env"
     path.touch(mode=0o600)
@@ -476,6 +481,10 @@ def summary(cfg: StackConfig, services: list[Service]) -> str:
         models = list(dict.fromkeys(s.env["SERVING_MODEL"] for s in serving))
         lines.append(f"  gateway        {gateway.url}  (nginx: /v1/models/<m>/..., /v2/models/<m>/..., "
                      f"/models/<m>/invocations, /v1/jobs/<id>; models: {', '.join(models)})")
+        from stack.gateway import replicas
+
+        if any(rep.grpc for rep in replicas(cfg, models)):
+            lines.append(f"  gRPC           {cfg.grpc_url}  (KServe v2 GRPCInferenceService; metadata model=<m>)")
         lines.append(f"  replicas       {len(serving)} gunicorns on {', '.join(str(s.port) for s in serving)} "
                      f"(loopback; `make restart-serving` replaces them one at a time)")
     else:

@@ -8,6 +8,7 @@ stack whole again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -26,7 +27,7 @@ import requests
 
 from scoring.batch import run_batch
 from stack.config import StackConfig
-from stack.gateway import access_log_path
+from stack.gateway import access_log_path, replicas
 from stack.procs import alive, read_pid
 from stack.rolling import rolling_restart
 from stack.up import down, up
@@ -44,15 +45,17 @@ def stack(db_url: str, mlflow_server: str, trained_models: dict[str, str], demo_
         run_batch(specs[model], demo_features, f"gw_{uuid.uuid4().hex[:8]}", url=db_url)
     home = Path(tempfile.mkdtemp(prefix="gateway-test-"))
     home.chmod(0o755)  # nginx's workers (nobody when run as root) write their temp files inside it
+    # 2 sync replicas and 1 threaded job replica per model; the sync ones' gRPC ports where the app serves gRPC
+    grpc_ports = {"replica_grpc_port": free_run(4)} if "replica_grpc_port" in {
+        f.name for f in dataclasses.fields(StackConfig)} else {}
     cfg = StackConfig(home=home, external_db_url=db_url, mlflow_port=int(mlflow_server.rsplit(":", 1)[1]),
-                      serving_port=free_run(1), replica_port=free_run(4), replicas=2,
-                      components=frozenset({"serving", "gateway"}))
+                      serving_port=free_run(1), grpc_port=free_run(1), replica_port=free_run(6), replicas=2,
+                      job_replicas=1, components=frozenset({"serving", "gateway"}), **grpc_ports)
     log: list[str] = []
     try:
         up(cfg, out=log.append)
-        for model in MODELS:  # every replica has its model loaded
-            for r in range(cfg.replicas):
-                _wait_ready(f"http://{cfg.host}:{cfg.replica_port_of(MODELS.index(model), r)}")
+        for rep in replicas(cfg, list(MODELS)):  # every replica has its model loaded
+            _wait_ready(f"http://{rep.address}")
         yield cfg
     finally:
         down(cfg, out=log.append)
@@ -175,13 +178,174 @@ def test_request_id_is_logged_by_nginx_and_the_app(stack: StackConfig) -> None:
         app = [e for r in range(stack.replicas) for e in _log_entries(stack.log_file(f"serving-churn-{r + 1}"))
                if e.get("request_id") == rid]
         assert len(app) == 1 and app[0]["path"] == path, app
-        assert edge[0]["upstream"].endswith(f":{stack.replica_port_of(0, 0)}") or \
-            edge[0]["upstream"].endswith(f":{stack.replica_port_of(0, 1)}")
+        churn = {rep.upstream for rep in replicas(stack, list(MODELS)) if rep.model == "churn"}
+        assert edge[0]["upstream"] in churn, (edge[0]["upstream"], churn)
 
 
 def test_stub_status_for_prometheus(stack: StackConfig) -> None:
     text = requests.get(f"{stack.gateway_url}/gateway/status", timeout=5).text
     assert text.startswith("Active connections:") and "server accepts handled requests" in text
+
+
+# ---------------------------------------------------------------- standard clients through the one door
+
+
+def _matrix(specs, records: list[dict], model: str):  # noqa: ANN202 - a numpy array
+    from scoring.encoding import encode
+
+    return encode(specs[model], records).matrix  # float32, spec order, categories as codes
+
+
+def _tensor(specs, model: str, n: int):  # noqa: ANN202 - a tritonclient InferInput
+    """One 2-D FP32 tensor of n rows (categories as codes, spec order), and the rows as records."""
+    import tritonclient.http as th
+
+    records = _features(specs, model, n)
+    matrix = _matrix(specs, records, model)
+    tensor = th.InferInput("input", list(matrix.shape), "FP32")
+    tensor.set_data_from_numpy(matrix)
+    return tensor, records
+
+
+def test_tritonclient_http_through_the_gateway(stack: StackConfig, specs) -> None:
+    """What failed for a new user: tritonclient pointed at the one published address."""
+    import numpy as np
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    client = th.InferenceServerClient(f"{stack.host}:{stack.serving_port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        # the gateway's /v2 is the replicas' own
+        assert client.get_server_metadata() == requests.get(f"{stack.serving_url(0)}/v2", timeout=5).json()
+        for model in MODELS:
+            meta = client.get_model_metadata(model)
+            version = meta["versions"][0]
+            assert meta["name"] == model and client.is_model_ready(model)
+            assert client.is_model_ready(model, version)
+            assert client.get_model_metadata(model, version) == meta
+            for n in (1, 50):
+                tensor, records = _tensor(specs, model, n)
+                result = client.infer(model, [tensor], model_version=version)
+                want = _post(f"{stack.gateway_url}/v1/models/{model}/predict", {"records": records}).json()
+                output = "score" if specs[model].is_classifier else "prediction"
+                np.testing.assert_array_equal(
+                    result.as_numpy(output), np.array([p[output] for p in want["predictions"]], dtype=np.float32))
+                assert result.get_response()["model_version"] == want["model_version"] == version
+
+        tensor, _ = _tensor(specs, "churn", 2)
+        wrong = th.InferInput("input", [2, 3], "FP32")
+        wrong.set_data_from_numpy(np.zeros((2, 3), dtype=np.float32))
+        failures = {"columns": lambda: client.infer("churn", [wrong]),
+                    "unknown model 'nope'": lambda: client.infer("nope", [tensor]),
+                    "is not loaded": lambda: client.infer("churn", [tensor], model_version="999999"),
+                    "version 999999": lambda: client.get_model_metadata("churn", "999999")}
+        for needle, call in failures.items():
+            with pytest.raises(InferenceServerException) as caught:
+                call()
+            assert needle in str(caught.value), str(caught.value)  # printable: the server's message
+            assert caught.value.status() in ("400", "404"), caught.value.status()
+        assert not client.is_model_ready("nope")
+        # the same client (and its connection pool) still works after the errors
+        assert client.infer("churn", [tensor]).as_numpy("score").shape == (2,)
+    finally:
+        client.close()
+
+
+def test_tritonclient_grpc_through_the_gateway(stack: StackConfig, specs) -> None:
+    """The same through the gateway's gRPC port, the model named in the `model` metadata (stack/gateway_conf.py).
+    Needs the replicas' gRPC servers (serving/grpc/, SERVING_GRPC_PORT): skipped where the app has none."""
+    import numpy as np
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+
+    if not any(rep.grpc for rep in replicas(stack, list(MODELS))):
+        pytest.skip("the serving replicas run no gRPC server in this checkout")
+    client = tg.InferenceServerClient(stack.grpc_url)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.get_server_metadata().name
+        for model in MODELS:
+            route = {"model": model}
+            assert client.is_model_ready(model, headers=route)
+            version = client.get_model_metadata(model, headers=route).versions[0]
+            output = "score" if specs[model].is_classifier else "prediction"
+            for n in (1, 50):
+                tensor, records = _tensor(specs, model, n)
+                grpc_tensor = tg.InferInput("input", tensor.shape(), "FP32")
+                grpc_tensor.set_data_from_numpy(_matrix(specs, records, model))
+                result = client.infer(model, [grpc_tensor], headers=route)
+                want = _post(f"{stack.gateway_url}/v1/models/{model}/predict", {"records": records}).json()
+                np.testing.assert_array_equal(
+                    result.as_numpy(output), np.array([p[output] for p in want["predictions"]], dtype=np.float32))
+                assert result.get_response().model_version == version
+        tensor, records = _tensor(specs, "churn", 2)
+        good = tg.InferInput("input", tensor.shape(), "FP32")
+        good.set_data_from_numpy(_matrix(specs, records, "churn"))
+        wrong = tg.InferInput("input", [2, 3], "FP32")
+        wrong.set_data_from_numpy(np.zeros((2, 3), dtype=np.float32))
+        for needle, call in {"columns": lambda: client.infer("churn", [wrong], headers={"model": "churn"}),
+                             "metadata 'model'": lambda: client.infer("nope", [good], headers={"model": "nope"}),
+                             "nope": lambda: client.infer("nope", [good], headers={"model": "churn"})}.items():
+            with pytest.raises(InferenceServerException) as caught:
+                call()
+            assert needle in str(caught.value), str(caught.value)
+            assert caught.value.status() in ("StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"), \
+                caught.value.status()
+        assert client.infer("churn", [good], headers={"model": "churn"}).as_numpy("score").shape == (2,)
+    finally:
+        client.close()
+
+
+def test_server_ready_needs_every_model(stack: StackConfig) -> None:
+    ready = requests.get(f"{stack.gateway_url}/v2/health/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    assert requests.get(f"{stack.gateway_url}/v2/health/live", timeout=10).json() == {"live": True}
+
+
+def test_mlflow_clients_through_the_gateway(stack: StackConfig, specs) -> None:
+    """MLflow's scoring client with its base URL at /models/<m>, and MLflow's deployments client with the gateway
+    as its target and the model as the endpoint, give what the model's replica gives."""
+    import pandas as pd
+    from mlflow.deployments import get_deploy_client
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    from scoring.encoding import encode
+
+    deploy = get_deploy_client(stack.gateway_url)
+    for index, model in enumerate(MODELS):
+        spec = specs[model]
+        frame = pd.DataFrame(encode(spec, _features(specs, model, 20)).matrix.astype("float64"),
+                             columns=spec.feature_names)
+        direct = ScoringServerClient(stack.host, stack.replica_port_of(index, 0)).invoke(frame).get_predictions()
+        via = ScoringServerClient(stack.host, f"{stack.serving_port}/models/{model}")
+        via.wait_server_ready(timeout=10)
+        pd.testing.assert_frame_equal(via.invoke(frame).get_predictions(), direct)
+        split = json.loads(frame.to_json(orient="split", index=False))  # NaN (a missing value) as null
+        answer = deploy.predict(endpoint=model, inputs={"dataframe_split": split})
+        assert answer["predictions"] == direct.iloc[:, 0].tolist()
+    bad = _post(f"{stack.gateway_url}/endpoints/churn/invocations", {"dataframe_split": {"columns": ["x"],
+                                                                                          "data": [[1]]}})
+    assert bad.status_code == 400 and set(bad.json()) >= {"error_code", "message"}, bad.text
+
+
+def test_job_routes_go_to_the_threaded_replicas(stack: StackConfig, specs) -> None:
+    jobs = {rep.upstream for rep in replicas(stack, list(MODELS)) if rep.kind == "jobs"}
+    rid = f"jobs-{uuid.uuid4().hex}"
+    submit = _post(f"{stack.gateway_url}/v1/models/churn/jobs", {"records": _features(specs, "churn", 1)},
+                   **{"X-Request-ID": rid})
+    assert submit.status_code == 202, submit.text
+    read = requests.get(stack.gateway_url + submit.headers["Location"], headers={"X-Request-ID": rid + "r"},
+                        timeout=10)
+    assert read.status_code == 200
+    time.sleep(0.5)  # nginx writes its access log line after the response
+    seen = {e["request_id"]: e["upstream"] for e in _log_entries(access_log_path(stack))}
+    assert seen[rid] in jobs and seen[rid + "r"] in jobs, (seen.get(rid), seen.get(rid + "r"), jobs)
+    lookup = requests.get(f"{stack.gateway_url}/v1/models/churn/predictions/1", headers={"X-Request-ID": rid + "l"},
+                          timeout=10)
+    assert lookup.status_code == 200
+    time.sleep(0.5)
+    assert {e["request_id"]: e["upstream"] for e in _log_entries(access_log_path(stack))}[rid + "l"] not in jobs
 
 
 # ---------------------------------------------------------------- slow clients
@@ -312,8 +476,8 @@ def test_killing_a_replica_under_load_fails_no_side_effect_free_request(stack: S
 
 
 def test_rolling_restart_fails_no_request(stack: StackConfig, specs) -> None:
-    before = {name: read_pid(stack.pid_file(name)).pid for name in (f"serving-churn-{r + 1}"
-                                                                    for r in range(stack.replicas))}
+    before = {rep.name: read_pid(stack.pid_file(rep.name)).pid for rep in replicas(stack, list(MODELS))
+              if rep.model == "churn"}  # the sync replicas and the job replica
     gw = stack.gateway_url
     churn = _features(specs, "churn", 1)
     calls = [*_side_effect_free(stack, specs),

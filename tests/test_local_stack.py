@@ -38,9 +38,9 @@ def home() -> Iterator[Path]:
 
 
 def _config(home: Path, components: frozenset[str]) -> StackConfig:
-    base = free_run(12)  # the gateway's ports, then the replicas' (2 per model), all checked free
+    base = free_run(12)  # the gateway's ports (REST, gRPC), then the replicas' (2 sync + 1 jobs per model)
     return StackConfig(home=home, pg_port=free_port(), mlflow_port=free_port(), serving_port=base,
-                       replica_port=base + 4, components=components)
+                       grpc_port=base + 1, replica_port=base + 4, components=components)
 
 
 def _cli_env(cfg: StackConfig, **extra: str) -> dict[str, str]:
@@ -48,6 +48,7 @@ def _cli_env(cfg: StackConfig, **extra: str) -> dict[str, str]:
     env.update({"STACK_HOME": str(cfg.home), "STACK_PG_PORT": str(cfg.pg_port),
                 "STACK_MLFLOW_PORT": str(cfg.mlflow_port), "STACK_SERVING_PORT": str(cfg.serving_port),
                 "STACK_REPLICA_PORT": str(cfg.replica_port),
+                "STACK_GRPC_PORT": str(cfg.grpc_port),
                 "STACK_COMPONENTS": ",".join(sorted(cfg.components)), **extra})
     return env
 
