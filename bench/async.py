@@ -286,10 +286,11 @@ def gateway_jobs(env: Env, conn: psycopg.Connection, records: list[dict], expect
                  args: argparse.Namespace, run: str) -> tuple[dict[str, float], int, int]:
     """One-job-a-request submits end to end through the gateway, the job routes on the sync deployment vs on a
     threaded job replica (the gateway's own layout). Returns (median jobs/s per set, lost or wrong, duplicated)."""
+    from stack.config import StackConfig
     from stack.gateway import Upstreams, start_standalone
     from stack.services import stop_process
 
-    threads = read("STACK_JOB_THREADS")
+    threads = StackConfig.from_env().job_threads
     threaded = start_gunicorn(env, 1, threads, "gunicorn-jobs")
     sync = env.serving_url.removeprefix("http://")
     gateways, procs = {}, []
