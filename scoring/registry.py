@@ -110,6 +110,17 @@ def read_booster_artifact(local: Path, what: str) -> xgb.Booster:
         raise UnsafeArtifactError(f"{what}: XGBoost cannot read {data}: {exc}") from exc
 
 
+def version_tags(model_name: str, version: str, mlflow_client: MlflowClient | None = None) -> dict[str, str]:
+    """A registered version's tags (the gate's decision and figures)."""
+    mc = mlflow_client or client()
+    try:
+        return dict(mc.get_model_version(model_name, version).tags or {})
+    except MlflowException as exc:
+        raise RegistryError(f"cannot read model '{model_name}' version {version}: {exc}") from exc
+    except Exception as exc:
+        raise RegistryError(f"MLflow is unreachable reading '{model_name}' version {version}: {exc}") from exc
+
+
 def check_approved(model_name: str, version: str, *, mlflow_client: MlflowClient | None = None,
                    allow_ungated: bool = False) -> None:
     """Raise NotApprovedError unless the gate promoted `version` (its `gate.decision` tag is `promoted`).
@@ -119,14 +130,7 @@ def check_approved(model_name: str, version: str, *, mlflow_client: MlflowClient
     """
     if allow_ungated:
         return
-    mc = mlflow_client or client()
-    try:
-        tags = mc.get_model_version(model_name, version).tags or {}
-    except MlflowException as exc:
-        raise RegistryError(f"cannot read model '{model_name}' version {version}: {exc}") from exc
-    except Exception as exc:
-        raise RegistryError(f"MLflow is unreachable reading '{model_name}' version {version}: {exc}") from exc
-    decision = tags.get("gate.decision")
+    decision = version_tags(model_name, version, mlflow_client).get("gate.decision")
     if decision != APPROVED:
         raise NotApprovedError(f"model '{model_name}' version {version} was not promoted by the gate "
                                f"(gate.decision={decision!r}); set SERVING_ALLOW_UNGATED=true to serve it anyway")

@@ -51,6 +51,16 @@ class Predictions:
 
 
 EXPLAIN_METHODS = ("exact", "approx")
+# Set by the promotion gate (explain_gate_tags): may this version answer exact reasons online within its budget?
+EXPLAIN_ONLINE_TAG, EXPLAIN_P99_TAG = "gate.explain_online", "gate.explain_p99_ms"
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """What a live caller asked for: the top_k largest contributions (None: every feature), exact or approx."""
+
+    top_k: int | None = None
+    method: str = "exact"
 
 
 @dataclass
@@ -100,6 +110,9 @@ class Scorer:
     booster: xgb.Booster
     version: str
     loaded_at: float = field(default_factory=time.time)
+    # The gate's verdict on exact reasons online (None: not measured, e.g. a version gated before reasons)
+    explain_online: bool | None = None
+    explain_p99_ms: float | None = None
     _predictor: DensePredictor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -154,3 +167,33 @@ class Scorer:
     def score(self, data: Any) -> Predictions:
         """Validate (raising a typed InputError naming column and row) and score any accepted input."""
         return self.predict_matrix(self.encode(data).matrix)
+
+
+class _Explaining:
+    """A scorer whose `score` also computes the exact contributions: what a live explain request costs."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.spec = scorer.spec
+        self._scorer = scorer
+
+    def score(self, data: Any) -> Contributions:
+        matrix = self._scorer.encode(data).matrix
+        self._scorer.predict_matrix(matrix)
+        return self._scorer.contributions(matrix)
+
+
+def explain_gate_tags(scorer: Scorer, records: list[dict[str, Any]]) -> dict[str, str]:
+    """The promotion gate's measurement of the explain path: p99 of one record scored with its exact reasons
+    (the gate's own single-row timing), and whether that fits the model's latency budget."""
+    from scoring.training import single_row_p99_ms
+
+    p99 = single_row_p99_ms(_Explaining(scorer), records)  # type: ignore[arg-type]  # duck-typed: spec + score
+    return {EXPLAIN_P99_TAG: f"{p99:.3f}",
+            EXPLAIN_ONLINE_TAG: str(p99 <= scorer.spec.serving.latency_budget_ms).lower()}
+
+
+def read_explain_verdict(scorer: Scorer, tags: dict[str, str]) -> None:
+    """Set the gate's verdict (a version's tags) on a loaded scorer."""
+    if EXPLAIN_ONLINE_TAG in tags:
+        scorer.explain_online = tags[EXPLAIN_ONLINE_TAG] == "true"
+        scorer.explain_p99_ms = float(tags.get(EXPLAIN_P99_TAG, "nan"))

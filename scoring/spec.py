@@ -127,6 +127,8 @@ class MonitoringConfig:
     score_psi            PSI of the day's scores against the held-out window's scores at training time
     score_psi_day        PSI of the day's scores against the previous predicted day's
     metric_degradation   relative loss of the realised metric against the held-out one, once labels are in
+    attribution_drift    relative change of a feature's mean |contribution| today against the training window
+                         (scoring/monitoring/attribution.py)
     label_lookback_days  how many earlier days get their realised metric computed once their labels arrive
     online_min_rows      logged online rows (ops.online_payloads) a day needs before its online drift is judged;
                          fewer are reported, not judged (a PSI over a handful of rows is noise)
@@ -142,12 +144,13 @@ class MonitoringConfig:
     score_psi: Threshold = Threshold(0.1, 0.25)
     score_psi_day: Threshold = Threshold(0.1, 0.25)
     metric_degradation: Threshold = Threshold(0.05, 0.1)
+    attribution_drift: Threshold = Threshold(0.25, 0.5)
     label_lookback_days: int = 7
     online_min_rows: int = 500
 
 
 MONITORING_THRESHOLDS = ("feature_psi", "null_rate_increase", "reject_rate", "row_count_change", "score_psi",
-                         "score_psi_day", "metric_degradation")
+                         "score_psi_day", "metric_degradation", "attribution_drift")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from scoring.encoding import encode
 from scoring.monitoring import metrics
 from scoring.monitoring.profile import build_reference, log_reference
 from scoring.registry import CHALLENGER, CHAMPION, RegistryError, client, load_booster, resolve_version
-from scoring.scorer import ModelMismatchError, Scorer
+from scoring.scorer import ModelMismatchError, Scorer, explain_gate_tags
 from scoring.spec import ModelSpec, validate_xgboost_params
 
 log = logging.getLogger(__name__)
@@ -405,8 +405,9 @@ def run_gate(spec: ModelSpec, version: str, data: TrainingData, baseline: float)
             decision.reason = decision.reason.replace(
                 "first version:", f"champion v{previous} was trained on other features, so against the baseline:")
             decision.champion_version = previous
+    explain = explain_gate_tags(candidate_scorer, data.holdout_records) if spec.serving.online else {}  # issue 22
     mc = client()
-    for key, value in {**decision.tags(), "gate.holdout_rows": str(len(data.holdout)),
+    for key, value in {**decision.tags(), **explain, "gate.holdout_rows": str(len(data.holdout)),
                        "gate.window": str(data.window)}.items():
         mc.set_model_version_tag(spec.name, version, key, value)
     if decision.promoted:

@@ -10,6 +10,7 @@ MAX_CONTENT_LENGTH, set from the same settings.)
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from flask import current_app, request
 
 from scoring import job_queue
 from scoring.encoding import InputError, encode
-from scoring.scorer import Predictions, Scorer
+from scoring.scorer import Contributions, ExplainRequest, Predictions, Scorer
 from scoring.spec import ModelSpec
 from serving.auth import current_client
 from serving.config import Settings
@@ -91,20 +92,26 @@ class DataPlane:
         self._rows_live.inc(len(preds))
         return scorer, preds
 
-    def predict_records(self, records: list[dict[str, Any]], fallback: str = "live"
-                        ) -> tuple[str | None, list[dict[str, Any]]]:
+    def predict_records(self, records: list[dict[str, Any]], fallback: str = "live",
+                        explain: ExplainRequest | None = None) -> tuple[str | None, list[dict[str, Any]]]:
         """(model version, one item per record). live: every record is scored. precomputed (cache first): records
-        carrying the entity key get the latest batch prediction when there is one, only misses are scored."""
+        carrying the entity key get the latest batch prediction when there is one, only misses are scored.
+        With `explain` every record is scored live, with its reasons from the same matrix."""
         self.check_rows(len(records))
         key = self.entity_key
         # The entity key identifies a row; it is not a feature, so it is set aside before scoring.
         features, ids = job_queue.split_entity_key(records, key)
-        if fallback == "precomputed" and ids is not None:
+        if fallback == "precomputed" and ids is not None and explain is None:
             cached = self._cache_hits(ids)
             if cached:
                 return self._cache_first(features, ids, cached)
         scorer = self.scorer()
-        items = self._score(scorer, scorer.encode(features).matrix, "v1", ids).records()
+        matrix = scorer.encode(features).matrix
+        items = self._score(scorer, matrix, "v1", ids).records()
+        if explain is not None:
+            for item, reasons in zip(items, self.explain(scorer, matrix, explain).records(explain.top_k),
+                                     strict=True):
+                item["explanation"] = reasons
         if fallback == "precomputed" or (ids is not None and any(e is not None for e in ids)):
             for item, e in zip(items, ids or [None] * len(items), strict=True):
                 item["source"] = "live"
@@ -112,6 +119,16 @@ class DataPlane:
                     item[key] = e
         self._rows_live.inc(len(items))
         return scorer.version, items
+
+    def explain(self, scorer: Scorer, matrix: np.ndarray, explain: ExplainRequest) -> Contributions:
+        """The reasons of live rows; exact ones only when the gate found them within the latency budget."""
+        if explain.method == "exact" and scorer.explain_online is False:
+            raise ApiError(422, "explain_not_allowed",
+                           f"model '{self.spec.name}' version {scorer.version} may not explain online with exact "
+                           f"reasons: they took p99 {scorer.explain_p99_ms:.1f} ms at the gate, over the latency "
+                           f"budget of {self.spec.serving.latency_budget_ms:g} ms; ask for \"method\": \"approx\" "
+                           f"or read the nightly reasons (GET .../predictions/<id>?explain=true)")
+        return scorer.contributions(matrix, explain.method)
 
     def _cache_first(self, features: Sequence[dict[str, Any]], ids: list[Any], cached: dict[int, Precomputed]
                      ) -> tuple[str | None, list[dict[str, Any]]]:
@@ -147,9 +164,12 @@ class DataPlane:
 
     # ------------------------------------------------------------ precomputed lookups
 
-    def lookup(self, entity_id: int, day: dt.date | None, fallback: str | None) -> bytes | dict[str, Any]:
+    def lookup(self, entity_id: int, day: dt.date | None, fallback: str | None,
+               explain: ExplainRequest | None = None) -> bytes | dict[str, Any]:
         """The entity's precomputed document (bytes, rendered by the database) on `day` (default: the latest
-        complete date); with fallback='live' a miss is scored from the entity's latest features (a dict)."""
+        complete date); with fallback='live' a miss is scored from the entity's latest features (a dict).
+        With `explain`: the day's stored reasons (null when its run stored none for the entity); a live miss
+        gets live reasons."""
         key = self.entity_key
         try:
             if day is None:
@@ -159,15 +179,24 @@ class DataPlane:
             raise _db_unavailable(exc) from exc
         if found is not None:
             self._rows_precomputed.inc()
-            return found
+            return found if explain is None else self._with_stored_reasons(found, entity_id, day, explain)
         if fallback == "live":  # compute only on a miss, from the entity's latest features
-            return self._live_lookup(entity_id)
+            return self._live_lookup(entity_id, explain)
         if day is None:
             raise ApiError(404, "no_predictions", f"model '{self.spec.name}' has no successful batch run yet")
         raise ApiError(404, "entity_not_found",
                        f"no precomputed prediction for {key}={entity_id} on {day.isoformat()}", column=key)
 
-    def _live_lookup(self, entity_id: int) -> dict[str, Any]:
+    def _with_stored_reasons(self, found: bytes, entity_id: int, day: dt.date, explain: ExplainRequest
+                             ) -> dict[str, Any]:
+        try:
+            stored = self.store.reasons(entity_id, day)
+        except StoreUnavailable as exc:
+            raise _db_unavailable(exc) from exc
+        return {**json.loads(found), "explanation": None if not stored else {
+            "source": "precomputed", "contributions": stored[:explain.top_k]}}
+
+    def _live_lookup(self, entity_id: int, explain: ExplainRequest | None = None) -> dict[str, Any]:
         key = self.entity_key
         try:
             row = self.store.latest_features(entity_id)
@@ -178,7 +207,10 @@ class DataPlane:
                            f"no precomputed prediction and no features for {key}={entity_id}", column=key)
         features_date, record = row
         scorer = self.scorer()
-        item = self._score(scorer, scorer.encode([record]).matrix, "lookup", [entity_id]).records()[0]
+        matrix = scorer.encode([record]).matrix
+        item = self._score(scorer, matrix, "lookup", [entity_id]).records()[0]
+        if explain is not None:
+            item["explanation"] = self.explain(scorer, matrix, explain).records(explain.top_k)[0]
         self._rows_live.inc()
         return {"model": self.spec.name, "entity_key": key, "entity_id": entity_id, **item,
                 "model_version": scorer.version, "features_date": features_date.isoformat(), "source": "live"}

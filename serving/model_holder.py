@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from scoring.registry import CHAMPION, RegistryError, check_approved, load_booster, resolve_version
-from scoring.scorer import Scorer
+from scoring.registry import CHAMPION, RegistryError, check_approved, load_booster, resolve_version, version_tags
+from scoring.scorer import Scorer, read_explain_verdict
 from scoring.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class ModelHolder:
         check_approved(self.spec.name, version, allow_ungated=self.allow_ungated)  # before anything is downloaded
         booster = load_booster(self.spec.name, version)
         scorer = Scorer.from_booster(self.spec, booster, version, threads=self.threads)
+        read_explain_verdict(scorer, version_tags(self.spec.name, version))  # may it explain online?
         out = scorer.score([smoke_row(self.spec)])
         value = float(out.scores[0])
         if len(out) != 1 or not math.isfinite(value):

@@ -29,6 +29,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from scoring import job_queue, settings
 from scoring.spec import ModelSpec
+from scoring.store import reasons_table
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Store(Protocol):
     def latest_features(self, entity_id: int) -> tuple[dt.date, dict[str, Any]] | None: ...
     def get_many(self, entity_ids: list[int], day: dt.date) -> dict[int, Precomputed]: ...
     def document(self, entity_id: int, day: dt.date) -> bytes | None: ...
+    def reasons(self, entity_id: int, day: dt.date) -> list[dict[str, Any]]: ...
     def ping(self) -> bool: ...
     def submit_job(self, model: str, job: job_queue.NewJob) -> job_queue.Submitted: ...
     def submit_bulk(self, model: str, jobs: list[job_queue.NewJob]) -> list[job_queue.Submitted]: ...
@@ -99,6 +101,11 @@ class PredictionStore:
             "'source', 'precomputed')::text FROM {table} WHERE prediction_date = $1 AND {key} = $2").format(
             model=sql.Literal(spec.name), key_name=sql.Literal(spec.source.entity_key), key=key,
             table=sql.Identifier(schema, table)).as_bytes(None)
+        # The nightly reasons of an entity (models.yaml batch.explain), largest first
+        self._reasons_q = sql.SQL(
+            "SELECT feature, coalesce(to_jsonb(category), to_jsonb(value)), contribution FROM {table} "
+            "WHERE prediction_date = %s AND {key} = %s ORDER BY rank").format(
+            table=sql.Identifier(*reasons_table(spec).split(".", 1)), key=key).as_string()
         self._latest_q = ("SELECT max(prediction_date) FROM ops.batch_runs "
                           "WHERE model_name = %s AND status = 'success'")
         self._latest: tuple[dt.date | None, float] | None = None  # (date, fetched at monotonic)
@@ -183,6 +190,11 @@ class PredictionStore:
         with self._connection() as conn:
             return _prepared_value(conn.pgconn, b"serving_lookup_document", self._document_q,
                                    [day.isoformat().encode(), str(entity_id).encode()])
+
+    def reasons(self, entity_id: int, day: dt.date) -> list[dict[str, Any]]:
+        """The entity's stored top-k contributions on `day`, rank order (empty when the run stored none)."""
+        return [{"feature": f, "value": v, "contribution": float(c)}
+                for f, v, c in self._run(self._reasons_q, (day, entity_id))]
 
     # The job queue, on the same pool (raises the queue's own errors; StoreUnavailable when the DB is down).
     def submit_job(self, model: str, job: job_queue.NewJob) -> job_queue.Submitted:
