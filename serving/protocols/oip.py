@@ -2,7 +2,11 @@
 
 Inputs: one tensor per feature (name = feature, shape [N] or [N, 1]; category features as BYTES strings or
 integer codes), or one 2-D numeric tensor [N, n_features] in the spec's feature order with categories as codes.
-Outputs: `score` (FP32) and `label` (INT64) for a classifier, `prediction` (FP32) for a regressor.
+Outputs: `score` (FP32) and `label` (INT64) for a classifier, `prediction` (FP32) for a regressor; on request
+(listed in `outputs`, as the protocol asks for non-default outputs) `contributions` (FP32, [N, n_features + 1]):
+each row's per-feature contributions in margin space in the spec's feature order, then the bias; a row sums to
+its margin. The column names are in the model metadata (the output's `parameters.columns`). An output
+parameter `method` (`exact`, the default, or `approx`) chooses the algorithm, as in the v1 API.
 Errors: `{"error": "..."}`.
 """
 
@@ -16,6 +20,7 @@ import numpy as np
 from flask import Response, request
 
 from scoring.encoding import encode_columns
+from scoring.scorer import EXPLAIN_METHODS, ExplainRequest
 from scoring.spec import ModelSpec
 from serving.dataplane import plane
 from serving.errors import ApiError
@@ -43,11 +48,24 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, "invalid_input", message)
 
 
+CONTRIBUTIONS = "contributions"
+
+
 def _outputs(spec: ModelSpec) -> list[dict[str, Any]]:
+    reasons = {"name": CONTRIBUTIONS, "datatype": "FP32", "shape": [-1, len(spec.features) + 1],
+               "parameters": {"columns": [*spec.feature_names, "bias"], "on_request": True}}
     if spec.is_classifier:
         return [{"name": "score", "datatype": "FP32", "shape": [-1]}, {"name": "label", "datatype": "INT64",
-                                                                       "shape": [-1]}]
-    return [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]
+                                                                       "shape": [-1]}, reasons]
+    return [{"name": "prediction", "datatype": "FP32", "shape": [-1]}, reasons]
+
+
+def _contributions(scorer: Any, matrix: np.ndarray, method: Any) -> np.ndarray:
+    if method not in EXPLAIN_METHODS:
+        raise _bad(f"output '{CONTRIBUTIONS}': parameters.method must be one of {list(EXPLAIN_METHODS)}, got "
+                   f"{shown(method)}")
+    found = plane().explain(scorer, matrix, ExplainRequest(None, method))
+    return np.column_stack([found.values, found.bias]).astype(np.float32)
 
 
 def _inputs(spec: ModelSpec) -> list[dict[str, Any]]:
@@ -256,10 +274,16 @@ def infer(model: str, version: str | None = None) -> Response:
     spec = plane().spec
     doc, binary = _read_request()
     columns, n_rows = _columns(spec, doc, binary)
-    scorer, preds = plane().predict_encoded(n_rows, lambda _: encode_columns(spec, columns).matrix, route="oip",
-                                            version=version)
+    encoded: list[np.ndarray] = []  # the matrix scored, kept for the contributions
+
+    def matrix(_: Any) -> np.ndarray:
+        encoded.append(encode_columns(spec, columns).matrix)
+        return encoded[0]
+
+    scorer, preds = plane().predict_encoded(n_rows, matrix, route="oip", version=version)
     produced = {"score": preds.scores, "label": preds.labels} if spec.is_classifier else {"prediction": preds.scores}
-    dtypes = {"score": ("FP32", np.float32), "label": ("INT64", np.int64), "prediction": ("FP32", np.float32)}
+    dtypes = {"score": ("FP32", np.float32), "label": ("INT64", np.int64), "prediction": ("FP32", np.float32),
+              CONTRIBUTIONS: ("FP32", np.float32)}
     wanted = doc.get("outputs")
     binary_default = (doc.get("parameters") or {}).get("binary_data_output", False)
     if wanted is None:
@@ -270,9 +294,13 @@ def infer(model: str, version: str | None = None) -> Response:
         requested = []
         for o in wanted:
             name = o.get("name") if isinstance(o, dict) else None
-            if not isinstance(name, str) or name not in produced:
-                raise _bad(f"unknown output {shown(name)} (model '{spec.name}' produces {list(produced)})")
+            if not isinstance(name, str) or name not in (*produced, CONTRIBUTIONS):
+                raise _bad(f"unknown output {shown(name)} (model '{spec.name}' produces "
+                           f"{[*produced, CONTRIBUTIONS]})")
             _object_or_absent(o, "parameters", f"output '{name}'")
+            if name == CONTRIBUTIONS:
+                produced[name] = _contributions(scorer, encoded[0], (o.get("parameters") or {}).get("method",
+                                                                                                     "exact"))
             as_binary = (o.get("parameters") or {}).get("binary_data", binary_default)
             if not isinstance(as_binary, bool):
                 raise _bad(f"output '{name}': parameters.binary_data must be true or false, got {shown(as_binary)}")
@@ -281,13 +309,13 @@ def infer(model: str, version: str | None = None) -> Response:
     for name, as_binary in requested:
         datatype, dtype = dtypes[name]
         arr = np.asarray(produced[name], dtype=dtype)
-        out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(arr)]}
+        out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if as_binary:
             blob = arr.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
             out["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            out["data"] = arr.tolist()
+            out["data"] = arr.reshape(-1).tolist()  # row-major, as the protocol lays out tensors
         outputs.append(out)
     result: dict[str, Any] = {"model_name": spec.name, "model_version": scorer.version, "outputs": outputs}
     if "id" in doc:
