@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +15,7 @@ from psycopg import sql
 from scoring import batch
 from scoring.db import connect
 from scoring.spec import ExplainConfig
-from testing.faults import STALL_MARKER
-from tests.test_batch import features, stage_tables, stored
+from tests.test_batch import features, kill_when_stalled, stage_tables, stored
 
 REPO = Path(__file__).resolve().parent.parent
 # sum of contributions + bias against the margin: float32 sums of up to 13 terms (regression margins ~100s)
@@ -118,30 +112,64 @@ def test_top_n_rows_and_explain_off(specs, db_url, ready):
 
 
 def test_kill_while_explaining_leaves_neither(specs, db_url, ready, mlflow_server):
-    """Scores staged, reasons being computed: a kill leaves the previous scores AND reasons, not a mix."""
+    """Killed while explaining (scores of the chunk staged, reasons being computed): the day keeps its previous
+    scores AND reasons, not a mix; the next run replaces both."""
     spec, day = specs["churn"], ready - dt.timedelta(days=7)
     batch.run_batch(spec, day, "test_reasons_before_kill")
     before, before_reasons = stored(db_url, spec, day), reasons(db_url, spec, day)
     assert len(before_reasons) == 3 * len(before)
-    env = {**os.environ, "DATABASE_URL": db_url, "MLFLOW_TRACKING_URI": mlflow_server}
-    proc = subprocess.Popen([sys.executable, "-m", "testing.faulty_batch", "--model", "churn", "--date", str(day),
-                             "--run-id", "test_reasons_killed", "--chunk-rows", "300", "--stall", "120",
-                             "--stall-in-explain"],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    try:
-        deadline, seen = time.time() + 120, ""
-        while STALL_MARKER not in seen:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, f"batch exited early: {seen}"
-            seen += line
-            assert time.time() < deadline, seen
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_stalled(db_url, mlflow_server, day, "test_reasons_killed", "--stall-in-explain")
     pd.testing.assert_frame_equal(before, stored(db_url, spec, day))
     pd.testing.assert_frame_equal(before_reasons, reasons(db_url, spec, day))
     batch.run_batch(spec, day, "test_reasons_after_kill")
     assert set(reasons(db_url, spec, day)["run_id"]) == {"test_reasons_after_kill"}
     assert not stage_tables(db_url)
+
+
+class _DemoConfig:
+    """What stack.demo's functions read of a StackConfig: the database and the app's public URL."""
+
+    def __init__(self, db_url: str, app_url: str) -> None:
+        self._db, self._app = db_url, app_url
+
+    def db_url(self, name: str) -> str:
+        return self._db
+
+    def public_url(self, index: int) -> str:
+        return self._app
+
+
+def test_live_lookup_and_demo_give_the_nightly_reasons(specs, db_url, ready, mlflow_server, platform, capsys):
+    """Through a real gunicorn: live predict's reasons of customer 42's features equal the nightly row's, the
+    lookup returns the stored ones, and the demo prints the same three from both."""
+    import requests
+
+    from stack.demo import _customer_record, show_reasons
+    from stack.pg import free_port
+
+    spec, day = specs["churn"], ready
+    batch.run_batch(spec, day, "test_reasons_served")
+    port = free_port()
+    platform.gunicorn("churn", port, env={"DATABASE_URL": db_url, "MLFLOW_TRACKING_URI": mlflow_server})
+    url = f"http://127.0.0.1:{port}/v1/models/churn"
+    record = _customer_record(_DemoConfig(db_url, url), spec, day, 42)
+    live = requests.post(f"{url}/predict", json={"records": [record], "explain": {"top_k": "all"}}, timeout=30)
+    assert live.status_code == 200, live.text
+    item = live.json()["predictions"][0]
+    margin = champion(spec).margins(champion(spec).encode([record]).matrix)[0]
+    total = item["explanation"]["bias"] + sum(c["contribution"] for c in item["explanation"]["contributions"])
+    np.testing.assert_allclose(total, margin, **FLOAT32_TOL)
+    nightly = reasons(db_url, spec, day).query("customer_id == 42")
+    top3 = item["explanation"]["contributions"][:3]
+    assert nightly["feature"].tolist() == [c["feature"] for c in top3]
+    np.testing.assert_allclose(nightly["contribution"], [c["contribution"] for c in top3], rtol=1e-6)
+    lookup = requests.get(f"{url}/predictions/42", params={"explain": "true", "date": str(day)}, timeout=30).json()
+    assert lookup["explanation"]["source"] == "precomputed"
+    assert [c["feature"] for c in lookup["explanation"]["contributions"]] == nightly["feature"].tolist()
+
+    capsys.readouterr()
+    show_reasons(_DemoConfig(db_url, f"http://127.0.0.1:{port}"), "churn", 0, day)
+    out = capsys.readouterr().out
+    lines = [line.strip() for line in out.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert len(lines) == 6, out
+    assert [line.split(" = ")[0] for line in lines[:3]] == [line.split(" = ")[0] for line in lines[3:]], out
