@@ -107,11 +107,11 @@ class DataPlane:
                 return self._cache_first(features, ids, cached)
         scorer = self.scorer()
         matrix = scorer.encode(features).matrix
+        reasons = self.explain(scorer, matrix, explain) if explain is not None else None  # a refusal comes first
         items = self._score(scorer, matrix, "v1", ids).records()
-        if explain is not None:
-            for item, reasons in zip(items, self.explain(scorer, matrix, explain).records(explain.top_k),
-                                     strict=True):
-                item["explanation"] = reasons
+        if reasons is not None:
+            for item, reason in zip(items, reasons.records(explain.top_k), strict=True):
+                item["explanation"] = reason
         if fallback == "precomputed" or (ids is not None and any(e is not None for e in ids)):
             for item, e in zip(items, ids or [None] * len(items), strict=True):
                 item["source"] = "live"
@@ -208,9 +208,10 @@ class DataPlane:
         features_date, record = row
         scorer = self.scorer()
         matrix = scorer.encode([record]).matrix
+        reasons = self.explain(scorer, matrix, explain) if explain is not None else None
         item = self._score(scorer, matrix, "lookup", [entity_id]).records()[0]
-        if explain is not None:
-            item["explanation"] = self.explain(scorer, matrix, explain).records(explain.top_k)[0]
+        if reasons is not None:
+            item["explanation"] = reasons.records(explain.top_k)[0]
         self._rows_live.inc()
         return {"model": self.spec.name, "entity_key": key, "entity_id": entity_id, **item,
                 "model_version": scorer.version, "features_date": features_date.isoformat(), "source": "live"}

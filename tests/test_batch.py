@@ -119,7 +119,9 @@ def test_rerun_replaces_and_retention_drops_old_partitions(specs, db_url, ready,
     with connect(db_url) as conn:
         dropped = batch.drop_expired(conn, spec, day + dt.timedelta(days=spec.batch.retention_days + 1))
     assert f"predictions.churn_p{day:%Y%m%d}" in dropped
-    assert all(d.startswith("predictions.churn_p") and d[-8:] <= f"{day:%Y%m%d}" for d in dropped)
+    assert f"predictions.churn_reasons_p{day:%Y%m%d}" in dropped  # the day's reasons (batch.explain) go with it
+    assert all(d.startswith(("predictions.churn_p", "predictions.churn_reasons_p")) and d[-8:] <= f"{day:%Y%m%d}"
+               for d in dropped)
     assert stored(db_url, spec, day).empty
 
 
