@@ -11,7 +11,14 @@ each in a fresh process (so that peak RSS is per pipeline; model loading and imp
               no bookkeeping, written here in ~40 lines;
 3. platform:  scoring.batch.run_batch, the code the predict DAG's tasks call: feature check, staging table,
               validation + rejects, shared Scorer, atomic partition swap, ops.batch_runs bookkeeping;
-4. sharded:   the same platform steps with 2 shards scored by 2 processes at once (as 2 Airflow workers would).
+4. sharded:   the same platform steps with 2 shards scored by 2 processes at once (as 2 Airflow workers would);
+5. reasons:   the platform row with the default nightly reasons on (models.yaml `batch.explain: {}`: exact
+              top-3 contributions of the day's 1,000 highest scores), into the reasons table in the same swap;
+6. reasons-all (--explain-all, once): exact reasons for EVERY row, timed on one shard of ~100,000 rows
+              scored by one single-threaded worker (the per-worker rate of the scaling-out table); not swapped.
+
+The pipelines 2-4 run the churn spec with batch.explain off, whatever models.yaml says, so that their figures
+stay comparable with earlier runs; 5 and 6 differ from 3 only in it.
 
 Each pipeline runs --repeats times (default 3; naive --naive-repeats, default 1: it is slow and only a far
 floor), round-robin so that a change in machine load hits every pipeline alike; the table shows the median
@@ -23,6 +30,7 @@ Last line: `batch rows=N platform_rows_per_s=X vs_naive=Yx vs_reference=Zx peak_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -45,6 +53,7 @@ from scoring.spec import ModelSpec, load_spec  # noqa: E402
 
 MODEL = "churn"
 DAY = dt.date(2026, 11, 1)
+EXPLAIN_SHARD_ROWS = 100_000  # rows of the one shard --explain-all times
 GEN_SLICE = 500_000  # feature rows generated and written per step (keeps the bench's own memory small)
 
 
@@ -221,11 +230,46 @@ def shard_worker(url: str, spec: ModelSpec, shard: int) -> None:
                       "peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
-PIPELINES = {"naive": naive, "reference": reference, "platform": platform, "sharded": sharded}
+def reasons(url: str, spec: ModelSpec, rows: int) -> dict[str, Any]:
+    """The platform row with the default reasons (ExplainConfig()): the cost of explaining the top scores."""
+    from scoring.spec import ExplainConfig
+
+    result = platform(url, with_explain(spec, ExplainConfig()), rows)
+    with psycopg.connect(url) as conn:
+        result["reason_rows"] = conn.execute("SELECT count(*) FROM predictions.churn_reasons WHERE "
+                                             "prediction_date = %s", (DAY,)).fetchone()[0]
+    return result
+
+
+def reasons_all(url: str, spec: ModelSpec, rows: int, per_shard: int = EXPLAIN_SHARD_ROWS) -> dict[str, Any]:
+    """Exact reasons for every row of one shard of ~per_shard rows, one worker with one thread; the run is then
+    failed (nothing swapped): the per-worker rate of explaining everything."""
+    from scoring import batch
+    from scoring.scorer import Scorer
+    from scoring.spec import EXPLAIN_ALL, ExplainConfig
+
+    explained = with_explain(spec, ExplainConfig(rows=EXPLAIN_ALL))
+    shards = max(1, rows // per_shard)
+    scorer = Scorer.from_registry(explained, "champion", threads=1)
+    with psycopg.connect(url) as conn, psycopg.connect(url) as read_conn:
+        plan = batch.prepare(conn, explained, DAY, f"bench_reasons_all_{int(time.time())}", scorer.version, shards)
+        started = time.perf_counter()
+        result = batch.score_shard(read_conn, conn, scorer, plan, 0)
+        seconds = time.perf_counter() - started
+        batch.fail_run(conn, plan, "bench: timed one shard only")
+    return {"rows": result.rows_scored, "seconds": seconds, "shards": shards}
+
+
+def with_explain(spec: ModelSpec, explain: Any) -> ModelSpec:
+    return dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, explain=explain))
+
+
+PIPELINES = {"naive": naive, "reference": reference, "platform": platform, "sharded": sharded, "reasons": reasons,
+             "reasons-all": reasons_all}
 
 
 def child(args: argparse.Namespace) -> int:
-    spec = load_spec(MODEL)
+    spec = with_explain(load_spec(MODEL), None)  # the rows without reasons; `reasons*` switch them on
     if args.child == "shard-worker":
         shard_worker(args.url, spec, args.shard)
         return 0
@@ -294,6 +338,8 @@ def main() -> int:
                         help="rows the naive script scores (at most --rows; 0 skips it)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline (medians reported)")
     parser.add_argument("--naive-repeats", type=int, default=1, help="runs of the (slow) naive script")
+    parser.add_argument("--explain-all", action="store_true",
+                        help=f"also time exact reasons for every row, on one shard of ~{EXPLAIN_SHARD_ROWS:,} rows")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--shard", type=int, help=argparse.SUPPRESS)
@@ -323,8 +369,10 @@ def main() -> int:
             for _ in range(args.naive_repeats):
                 runs.setdefault("naive", []).append(run_child("naive", url, naive_rows))
         for _ in range(args.repeats):
-            for name in ("reference", "platform", "sharded"):
+            for name in ("reference", "platform", "reasons", "sharded"):
                 runs.setdefault(name, []).append(run_child(name, url, args.rows))
+        if args.explain_all:
+            runs["reasons-all"] = [run_child("reasons-all", url, args.rows)]
         check_outputs(url, args.rows, naive_rows)
         results = {name: summarise(r) for name, r in runs.items()}
     finally:
@@ -343,6 +391,14 @@ def main() -> int:
     print(f"sharded (2 processes) vs reference: {sh['rows_per_s'] / results['reference']['rows_per_s']:.2f}x, "
           f"vs platform single process: {sh['rows_per_s'] / plat['rows_per_s']:.2f}x "
           f"(shard times of the median run {sh['shard_seconds']} s)")
+    why = results["reasons"]
+    print(f"reasons (default: exact top-3 of the {why['reason_rows'] // 3:,} highest scores) vs platform without: "
+          f"{why['rows_per_s'] / plat['rows_per_s']:.2f}x (target >= 0.5x), peak RSS {why['peak_rss_mb']:.0f} MB")
+    if "reasons-all" in results:
+        every = results["reasons-all"]
+        print(f"reasons for every row (exact): {every['rows_per_s']:,.0f} rows/s per single-threaded worker "
+              f"(one shard of {every['rows']:,}); {args.rows:,} rows = {args.rows / every['rows_per_s'] / 60:.1f} "
+              f"worker-minutes")
     vs_naive = f"{plat['rows_per_s'] / results['naive']['rows_per_s']:.1f}x" if "naive" in results else "n/a"
     print(f"batch rows={args.rows} platform_rows_per_s={plat['rows_per_s']:.0f} vs_naive={vs_naive} "
           f"vs_reference={plat['rows_per_s'] / results['reference']['rows_per_s']:.2f}x "

@@ -7,6 +7,8 @@ Side by side, in one run, under the same gunicorn settings (serving/gunicorn.con
               its own (a peer; settings and why in bench/peers/mlserver.py)
   live        POST /v1/models/churn/predict            (the platform's live predict, shared scorer; payload
                                                          logging at its default rate, SERVING_PAYLOAD_SAMPLE_RATE)
+  explain     POST /v1/models/churn/predict with "explain": {"top_k": 3}: live predict with its exact reasons
+              (TreeSHAP); target: p99 within the model's latency budget, >= 0.25x live
   live-nolog  the same app with payload logging off (SERVING_PAYLOAD_SAMPLE_RATE=0): what logging costs
   invocations POST /invocations                         (MLflow protocol on the platform)
   lookup      GET  /v1/models/churn/predictions/<id>    (precomputed batch predictions, PostgreSQL PK lookup)
@@ -321,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         check_ok("POST", base + predict, live_bodies[0])
         check_ok("POST", base + "/invocations", inv_bodies[0])
         check_ok("GET", base + prefix + str(random.randint(1, n_ids)))
+        # issue 22: the same app answering with exact reasons (the gate measured them within the budget)
+        explain_bodies = [json.dumps({"records": [r], "explain": {"top_k": 3}}) for r in records]
+        check_ok("POST", base + predict, explain_bodies[0])
+        targets.append(("explain", base, lua_post(predict, explain_bodies)))
         targets += [("live", base, lua_post(predict, live_bodies)),
                     ("invocations", base, lua_post("/invocations", inv_bodies)),
                     ("lookup", base, lua_get(prefix, n_ids))]
@@ -420,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npayload logging (rate {BenchSettings.from_env().payload_sample_rate:g}): live {live.rps:.0f} req/s = "
               f"{live.rps / nolog_run.rps:.2f}x live-nolog {nolog_run.rps:.0f} (target >= 0.95); p99 {live.p99_ms:.1f} "
               f"vs {nolog_run.p99_ms:.1f} ms; rows logged {logged:.0f}, dropped {dropped:.0f}")
+        explain, budget = results["explain"], spec.serving.latency_budget_ms
+        print(f"explain (exact reasons, top 3): {explain.rps:.0f} req/s = {explain.rps / live.rps:.2f}x live "
+              f"(target >= 0.25: {'met' if explain.rps >= 0.25 * live.rps else 'MISSED'}); p99 {explain.p99_ms:.1f} ms "
+              f"(budget {budget:g} ms: {'met' if explain.p99_ms <= budget else 'MISSED'}); errors {explain.errors}")
         gw_live, gw_lookup, slow = results["gw-live"], results["gw-lookup"], results["gw-live-slow8"]
         gw_ratios = (gw_live.rps / live.rps, gw_lookup.rps / lookup.rps)
         print(f"gateway: live {gw_ratios[0]:.2f}x direct, lookup {gw_ratios[1]:.2f}x direct (best runs; target >= "

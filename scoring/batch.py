@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from scoring import batch_pipeline, batch_sql, settings
+from scoring import batch_pipeline, batch_sql, settings, store
 from scoring.registry import Resolved
 from scoring.scorer import Scorer
 from scoring.spec import ModelSpec
@@ -122,6 +122,7 @@ class BatchPlan:
     shards: int
     batch_run_id: int
     staging_table: str  # schema.table
+    reasons_staging_table: str | None = None  # the reasons' (models.yaml batch.explain), swapped in with it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,15 +210,23 @@ def prepare(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, run_id: str
         stage = batch_sql.staging_table_name(spec, day, batch_run_id)
         conn.execute("UPDATE ops.batch_runs SET staging_table = %s WHERE id = %s", (stage, batch_run_id))
         batch_sql.create_staging(conn, spec, stage, day, run_id, version)
+        reasons_stage = None
+        if spec.batch.explain is not None:
+            store.ensure_reasons_table(conn, spec)
+            layout = batch_sql.reasons_layout(spec)
+            reasons_stage = batch_sql.staging_table_name(spec, day, batch_run_id, layout.parent)
+            batch_sql.create_staging(conn, spec, reasons_stage, day, run_id, version, layout)
     _drop_leftovers(conn, spec, day, keep=stage)
+    _drop_leftovers(conn, spec, day, keep=reasons_stage, parent=store.reasons_table(spec))
     return BatchPlan(model=spec.name, day=day.isoformat(), run_id=run_id, version=str(version), shards=shards,
-                     batch_run_id=batch_run_id, staging_table=stage)
+                     batch_run_id=batch_run_id, staging_table=stage, reasons_staging_table=reasons_stage)
 
 
-def _drop_leftovers(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, keep: str) -> None:
+def _drop_leftovers(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, keep: str | None,
+                    parent: str | None = None) -> None:
     """Drop the staging tables earlier runs of the date left behind (killed, failed, superseded). One a live run
     is still loading is locked by its COPY: left to that run, which drops it when its swap is refused."""
-    for stage in batch_sql.staging_tables_of_day(conn, spec, day):
+    for stage in batch_sql.staging_tables_of_day(conn, spec, day, parent):
         if stage == keep:
             continue
         batch_sql.idle(conn)
@@ -252,7 +261,7 @@ def score_shard(read_conn: psycopg.Connection, write_conn: psycopg.Connection, s
             return ShardResult(shard, 0, 0, 0.0, skipped=True)
         query = batch_sql.feature_copy_sql(spec, types, plan.date, shard, plan.shards)
         streamed = batch_pipeline.stream_scores(read_conn, write_conn, scorer, query, plan.staging_table,
-                                                chunk_rows or spec.batch.chunk_rows)
+                                                chunk_rows or spec.batch.chunk_rows, plan.reasons_staging_table)
         read_conn.commit()
         batch_pipeline.keep_rejects(read_conn, write_conn, spec, plan.date, plan.run_id, streamed)
         duration = time.perf_counter() - started
@@ -272,7 +281,9 @@ def fail_run(conn: psycopg.Connection, plan: BatchPlan, error: str, *, drop_stag
                      "duration_s = extract(epoch FROM now() - started_at) WHERE id = %s",
                      (error[:4000], plan.batch_run_id))
         if drop_staging:
-            batch_sql.drop_table(conn, plan.staging_table)
+            for stage in (plan.staging_table, plan.reasons_staging_table):
+                if stage:
+                    batch_sql.drop_table(conn, stage)
 
 
 def swap(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan, policy: LockPolicy | None = None
@@ -305,13 +316,24 @@ def swap(conn: psycopg.Connection, spec: ModelSpec, plan: BatchPlan, policy: Loc
         conn.commit()
         raise BatchError(f"model '{spec.name}' date {plan.day}: the run's staging table {plan.staging_table} is "
                          f"gone (dropped by a later run of the date?); not swapping")
+    reasons = batch_sql.reasons_layout(spec)
     with conn.transaction():
         batch_sql.index_staging(conn, spec, plan.staging_table, plan.date)
+        if plan.reasons_staging_table:
+            explain = spec.batch.explain
+            if explain is not None and not explain.all_rows:
+                batch_sql.keep_top_reasons(conn, spec, plan.staging_table, plan.reasons_staging_table, explain.top)
+            batch_sql.index_staging(conn, spec, plan.reasons_staging_table, plan.date, reasons)
 
     def attempt() -> float:
         batch_sql.lock_run(conn, spec, plan.date)  # (model, date): no prepare or other swap in between
         _check_owner(conn, spec, plan)  # again, under the lock: what is swapped in is this run's
         batch_sql.swap_partition(conn, spec, plan.staging_table, plan.date)
+        # The day's reasons change with its scores, in the same transaction: the run's, or none (explain off)
+        if plan.reasons_staging_table:
+            batch_sql.swap_partition(conn, spec, plan.reasons_staging_table, plan.date, reasons)
+        else:
+            batch_sql.drop_day_partition(conn, reasons, plan.date)
         return conn.execute(
             "UPDATE ops.batch_runs SET status = 'success', error = NULL, rows_scored = %s, rows_rejected = %s, "
             "finished_at = now(), duration_s = extract(epoch FROM now() - started_at) WHERE id = %s "
@@ -349,7 +371,8 @@ def drop_expired(conn: psycopg.Connection, spec: ModelSpec, today: dt.date, poli
     """Drop the prediction table's day partitions older than spec.batch.retention_days before `today`, one
     transaction each, with the swap's lock policy (a drop locks the parent table as DETACH does)."""
     cutoff = today - dt.timedelta(days=spec.batch.retention_days)
-    old = batch_sql.partitions_before(conn, spec, cutoff)
+    old = batch_sql.partitions_before(conn, spec, cutoff) + batch_sql.partitions_before(
+        conn, spec, cutoff, batch_sql.reasons_layout(spec))
     conn.commit()
     dropped = []
     for table in old:

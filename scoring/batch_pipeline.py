@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb
 from scoring import batch_sql
 from scoring.encoding import InputError, encode_columns, records_to_columns
 from scoring.pgcopy import HEADER, TRAILER, copy_out, prediction_rows, read_fixed_rows
+from scoring.reasons import ReasonSpool
 from scoring.scorer import Scorer
 from scoring.spec import ModelSpec
 
@@ -88,6 +89,7 @@ class Streamed:
     """What one shard's stream gave: rows scored and, per chunk, the keys and first errors of rejected rows."""
 
     scored: int = 0
+    explained: int = 0  # rows whose reasons were staged (batch.explain)
     reject_keys: list[np.ndarray] = field(default_factory=list)
     reject_errors: list[list[InputError]] = field(default_factory=list)
 
@@ -97,8 +99,27 @@ class Streamed:
 
 
 def stream_scores(read_conn: psycopg.Connection, write_conn: psycopg.Connection, scorer: Scorer,
-                  features_query: sql.Composable, stage: str, chunk_rows: int) -> Streamed:
-    """COPY features out -> encode -> score -> COPY predictions into `stage` (inside write_conn's transaction)."""
+                  features_query: sql.Composable, stage: str, chunk_rows: int,
+                  reasons_stage: str | None = None) -> Streamed:
+    """COPY features out -> encode -> score -> COPY predictions into `stage` (inside write_conn's transaction);
+    with `reasons_stage` (the spec's batch.explain), the explained rows' top-k contributions follow into it."""
+    spec = scorer.spec
+    spool = ReasonSpool(scorer, spec.batch.explain) if reasons_stage and spec.batch.explain else None
+    try:
+        out = _stream(read_conn, write_conn, scorer, features_query, stage, chunk_rows, spool)
+        if spool is not None:
+            with write_conn.cursor().copy(batch_sql.reasons_copy_sql(spec, reasons_stage)) as sink:
+                for block in spool.blocks():
+                    sink.write(block)
+            out.explained = spool.explained
+    finally:
+        if spool is not None:
+            spool.close()
+    return out
+
+
+def _stream(read_conn: psycopg.Connection, write_conn: psycopg.Connection, scorer: Scorer,
+            features_query: sql.Composable, stage: str, chunk_rows: int, spool: ReasonSpool | None) -> Streamed:
     spec = scorer.spec
     names = spec.feature_names
     out = Streamed()
@@ -115,6 +136,8 @@ def stream_scores(read_conn: psycopg.Connection, write_conn: psycopg.Connection,
                 keys = keys[encoded.valid]
             predictions = scorer.predict_matrix(encoded.matrix)
             sink.write(prediction_rows(keys, predictions.scores, predictions.labels))
+            if spool is not None:
+                spool.add(keys, predictions.scores, encoded.matrix)
             out.scored += len(keys)
         sink.write(TRAILER)
     return out

@@ -7,12 +7,13 @@ No decisions here: `scoring.batch` says when each statement runs, in which trans
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from scoring.spec import Feature, ModelSpec
-from scoring.store import partition_name, split_table
+from scoring.store import partition_name, reasons_table, split_table
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 TEXT_TYPES = {"text", "character varying", "character"}
@@ -30,16 +31,18 @@ def ident(qualified: str) -> sql.Identifier:
     return sql.Identifier(*split_table(qualified))
 
 
-def staging_table_name(spec: ModelSpec, day: dt.date, batch_run_id: int) -> str:
+def staging_table_name(spec: ModelSpec, day: dt.date, batch_run_id: int, parent: str | None = None) -> str:
     """predictions.churn + 2026-11-01 + run 42 -> predictions.churn_stage_p20261101_r42: one per run, so two runs
-    of the same (model, date) never load, index or swap each other's table."""
-    schema, table = split_table(spec.prediction_table)
+    of the same (model, date) never load, index or swap each other's table. `parent`: another table of the run
+    (its reasons)."""
+    schema, table = split_table(parent or spec.prediction_table)
     return f"{schema}.{table}_stage_p{day:%Y%m%d}_r{batch_run_id}"
 
 
-def staging_tables_of_day(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -> list[str]:
+def staging_tables_of_day(conn: psycopg.Connection, spec: ModelSpec, day: dt.date,
+                          parent: str | None = None) -> list[str]:
     """Every run's staging table of (model, date) that exists (schema-qualified)."""
-    schema, table = split_table(spec.prediction_table)
+    schema, table = split_table(parent or spec.prediction_table)
     prefix = f"{table}_stage_p{day:%Y%m%d}_r"
     rows = conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                         "WHERE n.nspname = %s AND c.relkind = 'r' AND left(c.relname, %s) = %s",
@@ -139,19 +142,41 @@ def raw_rows_sql(spec: ModelSpec) -> sql.Composed:
 
 # ---------------------------------------------------------------------------------------------- the staging table
 
+@dataclass(frozen=True)
+class Layout:
+    """A day-partitioned table a run stages and swaps in: the predictions, or their reasons (batch.explain)."""
+
+    parent: str  # schema.table
+    key_columns: tuple[str, ...]  # the primary key
+    run_columns: tuple[str, ...]  # per-run constants, column defaults while staging (shards COPY the rest)
+
+    @property
+    def name(self) -> str:
+        return split_table(self.parent)[1]
+
+
+def prediction_layout(spec: ModelSpec) -> Layout:
+    return Layout(spec.prediction_table, ("prediction_date", spec.source.entity_key),
+                  ("prediction_date", "model_name", "model_version", "run_id", "scored_at"))
+
+
+def reasons_layout(spec: ModelSpec) -> Layout:
+    return Layout(reasons_table(spec), ("prediction_date", spec.source.entity_key, "rank"),
+                  ("prediction_date", "model_version", "run_id"))
+
+
 def create_staging(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date, run_id: str,
-                   version: str) -> None:
-    """(Re)create the empty staging table of a run, shaped like the prediction table."""
+                   version: str, layout: Layout | None = None) -> None:
+    """(Re)create the empty staging table of a run, shaped like the layout's table (the prediction table)."""
+    layout = layout or prediction_layout(spec)
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(stage)))
     conn.execute(sql.SQL("CREATE TABLE {stage} (LIKE {parent} INCLUDING DEFAULTS)").format(
-        stage=ident(stage), parent=ident(spec.prediction_table)))
-    # Shards COPY only (key, score, label); the per-run constants come from column defaults.
-    conn.execute(sql.SQL(
-        "ALTER TABLE {stage} ALTER prediction_date SET DEFAULT {day}, ALTER model_name SET DEFAULT {name}, "
-        "ALTER model_version SET DEFAULT {version}, ALTER run_id SET DEFAULT {run}, "
-        "ALTER scored_at SET DEFAULT now()").format(
-        stage=ident(stage), day=sql.Literal(day), name=sql.Literal(spec.name),
-        version=sql.Literal(int(version)), run=sql.Literal(run_id)))
+        stage=ident(stage), parent=ident(layout.parent)))
+    # Shards COPY only (key, score, label) or the reasons; the per-run constants come from column defaults.
+    values = {"prediction_date": sql.Literal(day), "model_name": sql.Literal(spec.name),
+              "model_version": sql.Literal(int(version)), "run_id": sql.Literal(run_id), "scored_at": sql.SQL("now()")}
+    conn.execute(sql.SQL("ALTER TABLE {stage} {defaults}").format(stage=ident(stage), defaults=sql.SQL(", ").join(
+        sql.SQL("ALTER {} SET DEFAULT {}").format(sql.Identifier(c), values[c]) for c in layout.run_columns)))
 
 
 def drop_table(conn: psycopg.Connection, qualified: str) -> None:
@@ -165,60 +190,87 @@ def prediction_copy_sql(spec: ModelSpec, stage: str) -> sql.Composed:
         label=sql.SQL(", label" if spec.is_classifier else ""))
 
 
+def reasons_copy_sql(spec: ModelSpec, stage: str) -> sql.Composed:
+    """Text COPY of (key, rank, feature, value, category, contribution): what `scoring.reasons` writes."""
+    return sql.SQL("COPY {stage} ({key}, rank, feature, value, category, contribution) FROM STDIN").format(
+        stage=ident(stage), key=sql.Identifier(spec.source.entity_key))
+
+
+def keep_top_reasons(conn: psycopg.Connection, spec: ModelSpec, stage: str, reasons_stage: str, top: int) -> int:
+    """Trim the reasons staged by each shard (each explains its own top N) to the day's top N by score (ties:
+    lower key first, as the shards chose); returns the rows deleted."""
+    key = sql.Identifier(spec.source.entity_key)
+    return conn.execute(sql.SQL(
+        "DELETE FROM {reasons} r WHERE NOT EXISTS (SELECT 1 FROM (SELECT {key} FROM {stage} "
+        "ORDER BY score DESC, {key} LIMIT {top}) t WHERE t.{key} = r.{key})").format(
+        reasons=ident(reasons_stage), stage=ident(stage), key=key, top=sql.Literal(top))).rowcount
+
+
 # ---------------------------------------------------------------------------------------------- swap and retention
 
-def _check_name(spec: ModelSpec) -> str:
-    return f"{split_table(spec.prediction_table)[1]}_stage_day"
+def _check_name(layout: Layout) -> str:
+    return f"{layout.name}_stage_day"
 
 
-def index_staging(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date) -> None:
+def index_staging(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date,
+                  layout: Layout | None = None) -> None:
     """Primary key and date check, built before the swap so that the swap itself only touches catalogs:
     ATTACH skips its validation scan when a CHECK constraint already proves the partition bound. Idempotent:
     a swap retried after a failed attempt finds them built."""
+    layout = layout or prediction_layout(spec)
     built = {name for (name,) in conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass",
                                               (ident(stage).as_string(conn),)).fetchall()}
-    if _check_name(spec) not in built:
+    if _check_name(layout) not in built:
         conn.execute(sql.SQL("ALTER TABLE {stage} ADD CONSTRAINT {chk} CHECK (prediction_date IS NOT NULL "
                              "AND prediction_date = {day})").format(
-            stage=ident(stage), chk=sql.Identifier(_check_name(spec)), day=sql.Literal(day)))
+            stage=ident(stage), chk=sql.Identifier(_check_name(layout)), day=sql.Literal(day)))
     if f"{split_table(stage)[1]}_pkey" not in built:
-        conn.execute(sql.SQL("ALTER TABLE {stage} ADD CONSTRAINT {pkey} PRIMARY KEY (prediction_date, {key})").format(
+        conn.execute(sql.SQL("ALTER TABLE {stage} ADD CONSTRAINT {pkey} PRIMARY KEY ({keys})").format(
             stage=ident(stage), pkey=sql.Identifier(f"{split_table(stage)[1]}_pkey"),
-            key=sql.Identifier(spec.source.entity_key)))
+            keys=sql.SQL(", ").join(map(sql.Identifier, layout.key_columns))))
 
 
-def swap_partition(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date) -> None:
-    """Replace the date's partition with the (indexed) staging table, inside the caller's transaction (which
-    holds the run's lock and bounds its lock waits): detach + drop the old partition, rename the staging table,
-    attach it."""
-    schema, _ = split_table(spec.prediction_table)
-    final = partition_name(spec.prediction_table, day)
-    parent = ident(spec.prediction_table)
+def drop_day_partition(conn: psycopg.Connection, layout: Layout, day: dt.date) -> None:
+    """Detach and drop the date's partition of the layout's table, if it has one."""
+    schema, _ = split_table(layout.parent)
+    final = partition_name(layout.parent, day)
     old = conn.execute("SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
                        (schema, final)).fetchone()
     if old:
         conn.execute(sql.SQL("ALTER TABLE {parent} DETACH PARTITION {old}").format(
-            parent=parent, old=sql.Identifier(schema, final)))
+            parent=ident(layout.parent), old=sql.Identifier(schema, final)))
         conn.execute(sql.SQL("DROP TABLE {old}").format(old=sql.Identifier(schema, final)))
+
+
+def swap_partition(conn: psycopg.Connection, spec: ModelSpec, stage: str, day: dt.date,
+                   layout: Layout | None = None) -> None:
+    """Replace the date's partition with the (indexed) staging table, inside the caller's transaction (which
+    holds the run's lock and bounds its lock waits): detach + drop the old partition, rename the staging table,
+    attach it."""
+    layout = layout or prediction_layout(spec)
+    schema, _ = split_table(layout.parent)
+    final = partition_name(layout.parent, day)
+    parent = ident(layout.parent)
+    drop_day_partition(conn, layout, day)
     conn.execute(sql.SQL("ALTER TABLE {stage} RENAME TO {final}").format(stage=ident(stage),
                                                                          final=sql.Identifier(final)))
     staged = sql.Identifier(schema, final)
     conn.execute(sql.SQL("ALTER INDEX {idx} RENAME TO {new}").format(
         idx=sql.Identifier(schema, f"{split_table(stage)[1]}_pkey"), new=sql.Identifier(f"{final}_pkey")))
-    conn.execute(sql.SQL("ALTER TABLE {t} ALTER prediction_date DROP DEFAULT, ALTER model_name DROP DEFAULT, "
-                         "ALTER model_version DROP DEFAULT, ALTER run_id DROP DEFAULT, "
-                         "ALTER scored_at DROP DEFAULT").format(t=staged))
+    conn.execute(sql.SQL("ALTER TABLE {t} {drops}").format(t=staged, drops=sql.SQL(", ").join(
+        sql.SQL("ALTER {} DROP DEFAULT").format(sql.Identifier(c)) for c in layout.run_columns)))
     conn.execute(sql.SQL("ALTER TABLE {parent} ATTACH PARTITION {t} FOR VALUES IN ({day})").format(
         parent=parent, t=staged, day=sql.Literal(day)))
     conn.execute(sql.SQL("ALTER TABLE {t} DROP CONSTRAINT {chk}").format(
-        t=staged, chk=sql.Identifier(_check_name(spec))))
+        t=staged, chk=sql.Identifier(_check_name(layout))))
 
 
-def partitions_before(conn: psycopg.Connection, spec: ModelSpec, cutoff: dt.date) -> list[str]:
-    """The prediction table's day partitions (`<table>_pYYYYMMDD`) older than `cutoff` (schema-qualified); any
-    other child table is left alone."""
-    schema, table = split_table(spec.prediction_table)
+def partitions_before(conn: psycopg.Connection, spec: ModelSpec, cutoff: dt.date,
+                      layout: Layout | None = None) -> list[str]:
+    """The prediction table's (or the layout's) day partitions (`<table>_pYYYYMMDD`) older than `cutoff`
+    (schema-qualified); any other child table is left alone."""
+    schema, table = split_table((layout or prediction_layout(spec)).parent)
     children = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "

@@ -6,6 +6,7 @@ as an import error of the generated DAG file instead of crashing the DAG process
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +76,36 @@ class ServingConfig:
         return self.mode in ("online", "both")
 
 
+ExplainMethod = Literal["exact", "approx"]
+EXPLAIN_ALL = "all"
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """models.yaml `batch.explain`: the nightly run also stores, per explained entity, its `top_k` contributions.
+
+    method  exact (TreeSHAP, XGBoost's pred_contribs) or approx (Saabas, ~50x cheaper, not consistent)
+    rows    which rows are explained: "all", or the `top` N by score of the day (the default, 1,000: the
+            riskiest customers an analyst asks about; one shard's cost is bounded whatever the day's size)
+    """
+
+    top_k: int = 3
+    method: ExplainMethod = "exact"
+    rows: str = "top"
+    top: int = 1000
+
+    @property
+    def all_rows(self) -> bool:
+        return self.rows == EXPLAIN_ALL
+
+
 @dataclass(frozen=True)
 class BatchConfig:
     shards: int = 2
     reject_threshold: float = 0.01
     retention_days: int = 90
     chunk_rows: int = 100_000
+    explain: ExplainConfig | None = None  # None: the nightly run stores scores only
 
 
 @dataclass(frozen=True)
@@ -102,6 +127,8 @@ class MonitoringConfig:
     score_psi            PSI of the day's scores against the held-out window's scores at training time
     score_psi_day        PSI of the day's scores against the previous predicted day's
     metric_degradation   relative loss of the realised metric against the held-out one, once labels are in
+    attribution_drift    relative change of a feature's mean |contribution| today against the training window
+                         (scoring/monitoring/attribution.py)
     label_lookback_days  how many earlier days get their realised metric computed once their labels arrive
     online_min_rows      logged online rows (ops.online_payloads) a day needs before its online drift is judged;
                          fewer are reported, not judged (a PSI over a handful of rows is noise)
@@ -117,12 +144,13 @@ class MonitoringConfig:
     score_psi: Threshold = Threshold(0.1, 0.25)
     score_psi_day: Threshold = Threshold(0.1, 0.25)
     metric_degradation: Threshold = Threshold(0.05, 0.1)
+    attribution_drift: Threshold = Threshold(0.25, 0.5)
     label_lookback_days: int = 7
     online_min_rows: int = 500
 
 
 MONITORING_THRESHOLDS = ("feature_psi", "null_rate_increase", "reject_rate", "row_count_change", "score_psi",
-                         "score_psi_day", "metric_degradation")
+                         "score_psi_day", "metric_degradation", "attribution_drift")
 
 
 @dataclass(frozen=True)
@@ -312,6 +340,31 @@ def _parse_monitoring(model: str, raw: Any) -> MonitoringConfig:
     return MonitoringConfig(**{**{k: getattr(defaults, k) for k in (*MONITORING_THRESHOLDS, *counts)}, **values})
 
 
+def _parse_explain(model: str, raw: Any) -> ExplainConfig | None:
+    """`batch.explain`: absent or false = off; true or a mapping {top_k, method, rows} = on.
+    rows: "all", or {top: N} (the N highest scores of the day)."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return ExplainConfig()
+    raw = _check_keys(model, "batch.explain", raw, {"top_k", "method", "rows"})
+    top_k = raw.get("top_k", ExplainConfig.top_k)
+    _positive(model, "batch.explain.top_k", top_k)  # more than the model's features means all of them
+    method = raw.get("method", ExplainConfig.method)
+    if method not in ("exact", "approx"):
+        raise _fail(model, "batch.explain.method", f"must be exact or approx, got {method!r}")
+    rows = raw.get("rows", {"top": ExplainConfig.top})
+    if rows == EXPLAIN_ALL:
+        return ExplainConfig(top_k=top_k, method=method, rows=EXPLAIN_ALL)
+    if not isinstance(rows, dict):
+        raise _fail(model, "batch.explain.rows", f"must be 'all' or {{top: N}}, got {rows!r}")
+    rows = _check_keys(model, "batch.explain.rows", rows, {"top"})
+    if "top" not in rows:
+        raise _fail(model, "batch.explain.rows.top", "missing required key (the number of highest scores)")
+    _positive(model, "batch.explain.rows.top", rows["top"])
+    return ExplainConfig(top_k=top_k, method=method, rows="top", top=rows["top"])
+
+
 def _parse_model(name: str, raw: Any) -> ModelSpec:
     if not _IDENT.match(name):
         raise _fail(name, "name", "model names must be lower-case identifiers (they name DAGs and tables)")
@@ -383,8 +436,12 @@ def _parse_model(name: str, raw: Any) -> ModelSpec:
         raise _fail(name, "serving.mode", f"must be batch, online or both, got {serving.mode!r}")
     _positive(name, "serving.latency_budget_ms", serving.latency_budget_ms, number=float)
 
-    batch = _sub(name, "batch", raw.get("batch"), BatchConfig,
+    raw_batch = dict(raw.get("batch") or {}) if isinstance(raw.get("batch"), dict) else raw.get("batch")
+    explain = _parse_explain(name, raw_batch.pop("explain", None)) if isinstance(raw_batch, dict) else None
+    batch = _sub(name, "batch", raw_batch, BatchConfig,
                  {"shards", "reject_threshold", "retention_days", "chunk_rows"})
+    if explain is not None:
+        batch = dataclasses.replace(batch, explain=explain)
     for key in ("shards", "retention_days", "chunk_rows"):
         _positive(name, f"batch.{key}", getattr(batch, key))
     if (isinstance(batch.reject_threshold, bool) or not isinstance(batch.reject_threshold, (int, float))

@@ -54,3 +54,32 @@ def ensure_prediction_table(conn: psycopg.Connection, spec: ModelSpec) -> None:
         CREATE OR REPLACE VIEW {view} AS
         SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key}, prediction_date DESC""").format(
         view=sql.Identifier(schema, f"{table}_latest"), table=sql.Identifier(schema, table), key=key))
+    ensure_reasons_table(conn, spec)
+
+
+def reasons_table(spec: ModelSpec) -> str:
+    """predictions.churn -> predictions.churn_reasons: the nightly run's top-k contributions per entity."""
+    return f"{spec.prediction_table}_reasons"
+
+
+def ensure_reasons_table(conn: psycopg.Connection, spec: ModelSpec) -> None:
+    """The model's reasons table (models.yaml `batch.explain`), partitioned by date like its prediction table and
+    swapped in with it. Narrow: one row per (date, entity, rank), typed columns, so SQL filters, joins and groups
+    on a feature name without JSON. `value` is the number the model saw (a category's spec code), `category`
+    the category itself; both NULL when the value was missing. `contribution` is in margin space (log-odds for a
+    classifier); rank 1 is the largest |contribution|."""
+    schema, table = split_table(reasons_table(spec))
+    key = sql.Identifier(spec.source.entity_key)
+    conn.execute(sql.SQL("""
+        CREATE TABLE IF NOT EXISTS {table} (
+            prediction_date date             NOT NULL,
+            {key}           bigint           NOT NULL,
+            rank            smallint         NOT NULL,
+            feature         text             NOT NULL,
+            value           double precision,
+            category        text,
+            contribution    real             NOT NULL,
+            model_version   integer          NOT NULL,
+            run_id          text             NOT NULL,
+            PRIMARY KEY (prediction_date, {key}, rank)
+        ) PARTITION BY LIST (prediction_date)""").format(table=sql.Identifier(schema, table), key=key))

@@ -38,7 +38,7 @@ from scoring.model_matrix import model_matrix, model_signature
 from scoring.monitoring import metrics
 from scoring.monitoring.profile import build_reference, log_reference
 from scoring.registry import CHALLENGER, CHAMPION, AliasNotFoundError, client, load_booster, resolve_version
-from scoring.scorer import ModelMismatchError, Scorer
+from scoring.scorer import ModelMismatchError, Scorer, explain_gate_tags
 from scoring.spec import ModelSpec, validate_xgboost_params
 
 log = logging.getLogger(__name__)
@@ -420,7 +420,8 @@ def run_gate(spec: ModelSpec, version: str, data: TrainingData, baseline: float)
             decision.reason = decision.reason.replace(
                 "first version:", f"champion v{previous} was trained on other features, so against the baseline:")
             decision.champion_version = previous
-    tag_version(spec, version, {**decision.tags(), "gate.holdout_rows": str(len(data.holdout)),
+    explain = explain_gate_tags(candidate_scorer, data.holdout_records) if spec.serving.online else {}
+    tag_version(spec, version, {**decision.tags(), **explain, "gate.holdout_rows": str(len(data.holdout)),
                                 "gate.window": str(data.window)})
     mc = client()
     if decision.promoted:

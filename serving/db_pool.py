@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -13,6 +14,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from scoring import settings
 from serving.failures import StoreUnavailable
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """What bounds every serving query (the defaults of a pool not given its own)."""
+
+    statement_timeout_ms: int = settings.setting("SERVING_DB_STATEMENT_TIMEOUT_MS")
+    lock_timeout_ms: int = settings.setting("SERVING_DB_LOCK_TIMEOUT_MS")
+
 
 _DOWN_HOLD_S = 1.0  # after a pool timeout, requests fail fast for this long before the pool is tried again
 
@@ -25,8 +34,9 @@ class ServingPool:
         self._down_until = 0.0  # monotonic time until which the database counts as unreachable
         # Every serving query is bounded: one stuck behind a lock (a batch swap queued behind an analyst's long
         # read) or on a sick database fails fast as StoreUnavailable (503) instead of holding the worker.
-        statement_ms = statement_timeout_ms or settings.read("SERVING_DB_STATEMENT_TIMEOUT_MS")
-        lock_ms = lock_timeout_ms or settings.read("SERVING_DB_LOCK_TIMEOUT_MS")
+        limits = settings.load(QueryLimits)
+        statement_ms = statement_timeout_ms or limits.statement_timeout_ms
+        lock_ms = lock_timeout_ms or limits.lock_timeout_ms
         options = f"-c statement_timeout={int(statement_ms)} -c lock_timeout={int(lock_ms)}"
         # connect_timeout bounds a connection attempt; the pool's `timeout` bounds a request waiting for one.
         self.pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout_s,

@@ -20,6 +20,7 @@ from scoring.encoding import (
     UnknownColumnError,
 )
 from serving.failures import (
+    ExplainNotAllowed,
     Forbidden,
     ModelNotLoaded,
     NotFound,
@@ -76,8 +77,8 @@ def from_input_error(exc: InputError) -> ApiError:
 
 # A failure's HTTP status (Refused: by its code) and headers (the Retry-After hint of the ones that pass).
 _STATUS: dict[type[ServingFailure], int] = {
-    Unauthenticated: 401, Forbidden: 403, ModelNotLoaded: 503, VersionNotLoaded: 404, TooMany: 413, NotFound: 404,
-    StoreUnavailable: 503, QueueUnavailable: 503}
+    Unauthenticated: 401, Forbidden: 403, ModelNotLoaded: 503, VersionNotLoaded: 404, ExplainNotAllowed: 422,
+    TooMany: 413, NotFound: 404, StoreUnavailable: 503, QueueUnavailable: 503}
 _REFUSED = {"malformed_job_id": 400, "job_not_cancellable": 409, "idempotency_key_reused": 422, "invalid_input": 422}
 _HEADERS: dict[type[ServingFailure], dict[str, str]] = {
     Unauthenticated: {"WWW-Authenticate": 'Bearer realm="serving"'}, ModelNotLoaded: {"Retry-After": "5"},

@@ -43,6 +43,10 @@ class VersionNotLoaded(ServingFailure, code="unknown_version"):
     """The request names a version that is not the one loaded."""
 
 
+class ExplainNotAllowed(ServingFailure, code="explain_not_allowed"):
+    """Exact reasons asked of a version whose gate measured them over the model's latency budget."""
+
+
 class TooMany(ServingFailure):
     """More rows (records, jobs) in one request than a limit allows; the message names the setting."""
 

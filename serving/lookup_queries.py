@@ -22,6 +22,7 @@ from psycopg import pq, sql
 from psycopg.errors import error_from_result
 
 from scoring.spec import ModelSpec
+from scoring.store import reasons_table
 from serving.db_pool import ServingPool
 
 
@@ -57,6 +58,11 @@ class LookupQueries:
             "'source', 'precomputed')::text FROM {table} WHERE prediction_date = $1 AND {key} = $2").format(
             model=sql.Literal(spec.name), key_name=sql.Literal(spec.source.entity_key), key=key,
             table=sql.Identifier(schema, table)).as_bytes(None)
+        # The nightly reasons of an entity (models.yaml batch.explain), in rank order (largest |contribution| first)
+        self._reasons_q = sql.SQL(
+            "SELECT feature, coalesce(to_jsonb(category), to_jsonb(value)), contribution FROM {table} "
+            "WHERE prediction_date = %s AND {key} = %s ORDER BY rank").format(
+            table=sql.Identifier(*reasons_table(spec).split(".", 1)), key=key).as_string()
         self._latest_q = ("SELECT max(prediction_date) FROM ops.batch_runs "
                           "WHERE model_name = %s AND status = 'success'")
         self._latest: tuple[dt.date | None, float] | None = None  # (date, fetched at monotonic)
@@ -103,6 +109,11 @@ class LookupQueries:
         rows = self.pool.run(self._by_key, (day, entity_ids))
         return {int(r[0]): Precomputed(int(r[0]), r[1], float(r[2]), None if r[3] is None else int(r[3]),
                                        int(r[4]), r[5], r[6]) for r in rows}
+
+    def reasons(self, entity_id: int, day: dt.date) -> list[dict[str, Any]]:
+        """The entity's stored top-k contributions on `day`, rank order (empty when the run stored none)."""
+        return [{"feature": f, "value": v, "contribution": float(c)}
+                for f, v, c in self.pool.run(self._reasons_q, (day, entity_id))]
 
     def document(self, entity_id: int, day: dt.date) -> bytes | None:
         """The lookup's JSON document for the entity on `day` (None when there is no prediction)."""

@@ -4,9 +4,11 @@ fallback on a miss) and v1 predict's cache-first mode. No HTTP: failures are ser
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from scoring.scorer import ExplainRequest
 from serving.failures import NotFound, StoreUnavailable
 from serving.lookup_queries import Precomputed
 from serving.metrics import ROWS
@@ -20,6 +22,7 @@ class LookupSource(Protocol):
     def latest_features(self, entity_id: int) -> tuple[dt.date, dict[str, Any]] | None: ...
     def get_many(self, entity_ids: list[int], day: dt.date) -> dict[int, Precomputed]: ...
     def document(self, entity_id: int, day: dt.date) -> bytes | None: ...
+    def reasons(self, entity_id: int, day: dt.date) -> list[dict[str, Any]]: ...
 
 
 class Lookups:
@@ -30,34 +33,41 @@ class Lookups:
         self._rows = ROWS.labels(self.spec.name, "precomputed")
 
     def lookup(self, entity_id: int, day: dt.date | None, fallback: str | None, *,
-               request_id: str | None = None) -> bytes | dict[str, Any]:
+               request_id: str | None = None, explain: ExplainRequest | None = None) -> bytes | dict[str, Any]:
         """The entity's precomputed document (bytes, rendered by the database) on `day` (default: the latest
         complete date); with fallback='live' a miss is scored from the entity's latest features (a dict).
-        A database that cannot be reached raises StoreUnavailable."""
+        With `explain`: the day's stored reasons (null when its run stored none for the entity); a live miss
+        gets live reasons. A database that cannot be reached raises StoreUnavailable."""
         key = self.predictor.entity_key
         if day is None:
             day = self.source.latest_date()
         found = self.source.document(entity_id, day) if day is not None else None
         if found is not None:
             self._rows.inc()
-            return found
+            if explain is None:
+                return found
+            stored = self.source.reasons(entity_id, day)
+            return {**json.loads(found), "explanation": {"source": "precomputed",
+                                                         "contributions": stored[:explain.top_k]} if stored else None}
         if fallback == "live":  # compute only on a miss, from the entity's latest features
-            return self._live(entity_id, request_id)
+            return self._live(entity_id, request_id, explain)
         if day is None:
             raise NotFound("no_predictions", f"model '{self.spec.name}' has no successful batch run yet")
         raise NotFound("entity_not_found", f"no precomputed prediction for {key}={entity_id} on {day.isoformat()}",
                        column=key)
 
-    def _live(self, entity_id: int, request_id: str | None) -> dict[str, Any]:
+    def _live(self, entity_id: int, request_id: str | None, explain: ExplainRequest | None) -> dict[str, Any]:
         key = self.predictor.entity_key
         row = self.source.latest_features(entity_id)
         if row is None:
             raise NotFound("entity_not_found", f"no precomputed prediction and no features for {key}={entity_id}",
                            column=key)
         features_date, record = row
-        scored = self.predictor.predict([record], route="lookup", ids=[entity_id], request_id=request_id)
-        return {"model": self.spec.name, "entity_key": key, "entity_id": entity_id,
-                **scored.predictions.records()[0], "model_version": scored.version,
+        scored = self.predictor.predict([record], route="lookup", ids=[entity_id], request_id=request_id,
+                                        explain=explain)
+        item = scored.items(key)[0]
+        return {"model": self.spec.name, "entity_key": key, "entity_id": entity_id, **item,
+                "model_version": scored.version,
                 "features_date": features_date.isoformat(), "source": "live"}
 
     def cache_first(self, features: Sequence[Mapping[str, Any]], ids: list[Any], *, request_id: str | None = None

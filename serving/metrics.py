@@ -7,6 +7,9 @@ the default single-process registry is used.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -36,8 +39,13 @@ REFUSED = Counter("serving_model_refused_total", "Model versions refused (failed
                   ["model"])
 
 
+@dataclass(frozen=True)
+class MetricsSettings:
+    multiproc_dir: Path | None = settings.setting("PROMETHEUS_MULTIPROC_DIR")  # set by gunicorn.conf.py
+
+
 def render() -> tuple[bytes, str]:
-    if settings.read("PROMETHEUS_MULTIPROC_DIR"):
+    if settings.load(MetricsSettings).multiproc_dir:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()

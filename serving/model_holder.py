@@ -26,8 +26,9 @@ from scoring.registry import (
     RegistryUnavailableError,
     load_booster,
     resolve_approved,
+    version_tags,
 )
-from scoring.scorer import Scorer
+from scoring.scorer import Scorer, read_explain_verdict
 from scoring.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class ModelHolder:
     def _load(self, version: str) -> Scorer:
         booster = load_booster(self.spec.name, version)
         scorer = Scorer.from_booster(self.spec, booster, version, threads=self.threads)
+        read_explain_verdict(scorer, version_tags(self.spec.name, version))  # may it explain online?
         out = scorer.score([smoke_row(self.spec)])
         value = float(out.scores[0])
         if len(out) != 1 or not math.isfinite(value):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from scoring.encoding import InputError
-from scoring.scorer import Predictions
+from scoring.scorer import Contributions, Predictions
 from scoring.spec import ModelSpec
 from serving.values import shown
 
@@ -62,6 +62,20 @@ def outputs(spec: ModelSpec, preds: Predictions) -> dict[str, tuple[str, np.ndar
     produced = {"score": preds.scores, "label": preds.labels} if spec.is_classifier else {"prediction": preds.scores}
     return {name: (_OUTPUT_TYPES[name][0], np.asarray(values, dtype=_OUTPUT_TYPES[name][1]))
             for name, values in produced.items()}
+
+
+CONTRIBUTIONS = "contributions"  # the output a client asks for by name (REST): each row's reasons
+
+
+def contributions_metadata(spec: ModelSpec) -> dict[str, Any]:
+    """The on-request output: [N, n_features + 1] FP32, the spec's features in order, then the bias."""
+    return {"name": CONTRIBUTIONS, "datatype": "FP32", "shape": [-1, len(spec.features) + 1],
+            "parameters": {"columns": [*spec.feature_names, "bias"], "on_request": True}}
+
+
+def contributions_tensor(found: Contributions) -> tuple[str, np.ndarray]:
+    """(datatype, values) of the contributions output; a row sums to its margin."""
+    return "FP32", np.column_stack([found.values, found.bias]).astype(np.float32)
 
 
 def little_endian(values: np.ndarray) -> bytes:

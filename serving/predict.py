@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scoring.scorer import Predictions, Scorer
+from scoring.scorer import Contributions, ExplainRequest, Predictions, Scorer
 from scoring.spec import ModelSpec
-from serving.failures import ModelNotLoaded, TooMany, VersionNotLoaded
+from serving.failures import ExplainNotAllowed, ModelNotLoaded, TooMany, VersionNotLoaded
 from serving.metrics import ROWS
 from serving.model_holder import ModelHolder
 from serving.payload_log import PayloadLog, Sampled
@@ -26,15 +26,27 @@ from serving.values import split_entity_key
 
 @dataclass(frozen=True)
 class Scored:
-    """One call's answer: the version that scored it, the predictions, the entity keys the records carried."""
+    """One call's answer: the version that scored it, the predictions, the entity keys the records carried and,
+    when asked, each row's reasons (its top-k contributions)."""
 
     version: str
     predictions: Predictions
     ids: list[Any] | None = None
+    contributions: Contributions | None = None  # asked with `explain`: every row's, from the scored matrix
+    top_k: int | None = None  # how many of a row's contributions its reasons keep (None: all)
+
+    @property
+    def reasons(self) -> list[dict[str, Any]] | None:
+        return None if self.contributions is None else self.contributions.records(self.top_k)
 
     def items(self, key: str) -> list[dict[str, Any]]:
-        """One dict per row, echoing the row's entity key (named `key`) when it carried one."""
+        """One dict per row (with its "explanation" when asked), echoing the row's entity key (named `key`) when
+        it carried one."""
         items = self.predictions.records()
+        reasons = self.reasons
+        if reasons is not None:
+            for item, reason in zip(items, reasons, strict=True):
+                item["explanation"] = reason
         if self.ids is not None:
             for item, e in zip(items, self.ids, strict=True):
                 if e is not None:
@@ -76,24 +88,38 @@ class Predictor:
 
     def predict(self, features: Any, *, route: str, n_rows: int | None = None, ids: list[Any] | None = None,
                 version: str | None = None, allow_extra: bool = False, request_id: str | None = None,
-                scorer: Scorer | None = None) -> Scored:
+                scorer: Scorer | None = None, explain: ExplainRequest | None = None) -> Scored:
         """Score `features` (entity keys already split off, see `split`; any form scoring.encoding.encode takes).
         `n_rows`: the row count when `features` is not a sequence of rows; `allow_extra`: ignore unknown columns
-        (MLflow's protocol); `scorer`: a version taken earlier (the worker's, one per batch)."""
+        (MLflow's protocol); `scorer`: a version taken earlier (the worker's, one per batch); `explain`: each
+        row's reasons too, from the same matrix."""
         self.check_rows(len(features) if n_rows is None else n_rows)
         if scorer is None:
             scorer = self.scorer(version)
         matrix = scorer.encode(features, allow_extra=allow_extra).matrix
+        contributions = None
+        if explain is not None:  # a refusal comes before any scoring (and any payload sample)
+            contributions = self.contributions(scorer, matrix, explain.method)
         preds = scorer.predict_matrix(matrix)
         payloads = self.payloads
         if payloads is not None and payloads.sampled():  # a sample is handed over, written elsewhere (no I/O here)
             payloads.offer(Sampled(time.time(), scorer.version, route, request_id, matrix, preds, ids))
         if self._rows is not None:
             self._rows.inc(len(preds))
-        return Scored(scorer.version, preds, ids)
+        return Scored(scorer.version, preds, ids, contributions, explain.top_k if explain is not None else None)
+
+    def contributions(self, scorer: Scorer, matrix: Any, method: str) -> Contributions:
+        """The rows' contributions; exact ones only when the gate found them within the latency budget."""
+        if method == "exact" and scorer.explain_online is False:
+            raise ExplainNotAllowed(
+                f"model '{self.spec.name}' version {scorer.version} may not explain online with exact reasons: "
+                f"they took p99 {scorer.explain_p99_ms:.1f} ms at the gate, over the latency budget of "
+                f"{self.spec.serving.latency_budget_ms:g} ms; ask for \"method\": \"approx\" or read the nightly "
+                f"reasons (GET .../predictions/<id>?explain=true)", column="explain")
+        return scorer.contributions(matrix, method)
 
     def predict_records(self, records: Sequence[Mapping[str, Any]], *, route: str, request_id: str | None = None,
-                        scorer: Scorer | None = None) -> Scored:
+                        scorer: Scorer | None = None, explain: ExplainRequest | None = None) -> Scored:
         """Records that may carry the entity key: split, checked and scored."""
         features, ids = self.split(records)
-        return self.predict(features, route=route, ids=ids, request_id=request_id, scorer=scorer)
+        return self.predict(features, route=route, ids=ids, request_id=request_id, scorer=scorer, explain=explain)

@@ -272,15 +272,10 @@ def show_curl(cfg: StackConfig, model: str, index: int, day: dt.date, entity_id:
     from scoring.spec import load_spec
 
     spec = load_spec(model)
-    cols = ", ".join(spec.feature_names)
-    with psycopg.connect(cfg.db_url("serving")) as conn:
-        cur = conn.execute(f"SELECT {cols} FROM {spec.source.table} WHERE {spec.source.date_column} = %s "
-                           f"AND {spec.source.entity_key} = %s", (day, entity_id))
-        names = [d.name for d in cur.description]
-        row = cur.fetchone()
-    if row is None:
+    record = _customer_record(cfg, spec, day, entity_id)
+    if record is None:
         return
-    body = {"records": [json.loads(json.dumps(dict(zip(names, row, strict=True)), default=float))]}
+    body = {"records": [record]}
     url = f"{cfg.public_url(index)}/v1/models/{model}/predict"
     # The app reloads the champion by itself (alias polling): give it a moment after training.
     deadline = time.time() + wait_s
@@ -359,6 +354,50 @@ def show_bring_your_own(cfg: StackConfig, timeout: float, model: str = "churn") 
         say(f"  version {version} is the challenger: the nightly run scores it in shadow")
 
 
+def _customer_record(cfg: StackConfig, spec: Any, day: dt.date, entity_id: int) -> dict[str, Any] | None:
+    """One customer's raw feature values of `day`, as a JSON client sends them (None: no row that day)."""
+    cols = ", ".join(spec.feature_names)
+    with psycopg.connect(cfg.db_url("serving")) as conn:
+        cur = conn.execute(f"SELECT {cols} FROM {spec.source.table} WHERE {spec.source.date_column} = %s "
+                           f"AND {spec.source.entity_key} = %s", (day, entity_id))
+        names = [d.name for d in cur.description]
+        row = cur.fetchone()
+    return None if row is None else json.loads(json.dumps(dict(zip(names, row, strict=True)), default=float))
+
+
+def show_reasons(cfg: StackConfig, model: str, index: int, day: dt.date, entity_id: int = 42) -> None:
+    """The three features that pushed one customer's score most: from the nightly reasons table (written with
+    the day's scores), then from the live path (the same features scored with "explain")."""
+    from scoring.spec import load_spec
+    from scoring.store import reasons_table
+
+    spec = load_spec(model)
+    key = spec.source.entity_key
+    query = (f"SELECT rank, feature, coalesce(category, value::text) AS value, round(contribution::numeric, 4) "
+             f"FROM {reasons_table(spec)} WHERE prediction_date = '{day}' AND {key} = {entity_id} ORDER BY rank "
+             f"LIMIT 3")
+    with psycopg.connect(cfg.db_url("serving")) as conn:
+        rows = conn.execute(query).fetchall()
+    say(f"\nWhy {key} {entity_id} scored as it did ({model}, contributions in log-odds; > 0 raises the score):")
+    say(f"  nightly table:  psql {cfg.db_url('serving')} -c \"{query}\"")
+    for rank, feature, value, contribution in rows or [("-", "(no stored reasons for the day)", "", "")]:
+        say(f"    {rank}. {feature} = {value}: {contribution}")
+    record = _customer_record(cfg, spec, day, entity_id)
+    if record is None:
+        return
+    body = {"records": [record], "explain": {"top_k": 3}}
+    url = f"{cfg.public_url(index)}/v1/models/{model}/predict"
+    status, text = _post_json(url, body)
+    say(f"  live path:      curl -s -X POST {url} -H 'Content-Type: application/json' -d '{{..., \"explain\": "
+        f"{{\"top_k\": 3}}}}'")
+    if status != 200:
+        say(f"    -> HTTP {status}: {text.strip()[:300]}")
+        return
+    reasons = json.loads(text)["predictions"][0]["explanation"]["contributions"]
+    for rank, reason in enumerate(reasons, start=1):
+        say(f"    {rank}. {reason['feature']} = {reason['value']}: {reason['contribution']:.4f}")
+
+
 # --- main ----------------------------------------------------------------------------------------------------
 
 def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: float,
@@ -430,6 +469,8 @@ def demo(cfg: StackConfig, retrain: bool, days: int, customers: int, timeout: fl
         if shown in predict:
             show_lookup(cfg, shown, online.index(shown))
         show_curl(cfg, shown, online.index(shown), today)
+        if shown in predict and specs[shown].batch.explain is not None:
+            show_reasons(cfg, shown, online.index(shown), today)
     say(f"\nAirflow UI: {cfg.airflow_url} (login {cfg.admin_user} / {cfg.admin_password}) · MLflow: {cfg.mlflow_url}")
     refused = [m for m, version in champions.items() if not version]
     if refused:

@@ -1,8 +1,9 @@
 """Faults tests inject by handing a wrapped scorer to the real code (production code reads no fault switch).
 
 `FaultyScorer` stands in for a `scoring.scorer.Scorer`: everything is delegated to the real one, with a fault in
-front of each scoring call (`predict_matrix`, which every path ends in) and a poison check where records are
-encoded (`encode`, which the serving prediction function calls before it).
+front of each scoring call (`predict_matrix`, which every path ends in, or `contributions` for the batch's
+reasons) and a poison check where records are encoded (`encode`, which the serving prediction function calls
+before it).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ STALL_MARKER = "fault: stalling"  # printed to stderr when a stall begins
 
 class FaultyScorer:
     """The real scorer, but: stall `stall_s` seconds before scoring call number `stall_from_call` and every later
-    one (1 = every call); refuse (RuntimeError "injected fault: ...") any record whose feature `poison[0]` has
-    the value `poison[1]` (records pass the door, then fail at scoring)."""
+    one (1 = every call; with `explain_only` the calls counted are those of `contributions`); refuse
+    (RuntimeError "injected fault: ...") any record whose feature `poison[0]` has the value `poison[1]` (records
+    pass the door, then fail at scoring)."""
 
     def __init__(self, scorer: Any, *, stall_s: float = 0.0, stall_from_call: int = 1,
-                 poison: tuple[str, Any] | None = None) -> None:
+                 poison: tuple[str, Any] | None = None, explain_only: bool = False) -> None:
         self.scorer = scorer
+        self.explain_only = explain_only
         self.stall_s = stall_s
         self.stall_from_call = stall_from_call
         self.poison = poison
@@ -47,5 +50,12 @@ class FaultyScorer:
         return self.predict_matrix(self.encode(data).matrix)
 
     def predict_matrix(self, matrix: Any) -> Any:
-        self._before_call()
+        if not self.explain_only:
+            self._before_call()
         return self.scorer.predict_matrix(matrix)
+
+    def contributions(self, matrix: Any, method: str = "exact") -> Any:
+        """The batch's reasons (batch.explain); with explain_only the fault hits here, after the scores."""
+        if self.explain_only:
+            self._before_call()
+        return self.scorer.contributions(matrix, method)

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--chunk-rows", type=int, required=True)
     parser.add_argument("--stall", type=float, required=True, help="seconds to sleep after the first chunk")
+    parser.add_argument("--stall-in-explain", action="store_true",
+                        help="stall in the reasons instead (batch.explain: after every score is staged)")
     args = parser.parse_args(argv)
 
     from scoring import batch
@@ -28,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     from testing.faults import FaultyScorer
 
     spec = load_spec(args.model)
-    scorer = FaultyScorer(Scorer.from_registry(spec, CHAMPION), stall_s=args.stall, stall_from_call=2)
+    scorer = FaultyScorer(Scorer.from_registry(spec, CHAMPION), stall_s=args.stall,
+                          stall_from_call=1 if args.stall_in_explain else 2, explain_only=args.stall_in_explain)
     batch.run_batch(spec, args.date, args.run_id, scorer=scorer, chunk_rows=args.chunk_rows)
     return 0
 

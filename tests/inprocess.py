@@ -56,6 +56,7 @@ class MemoryStore:
         self.predictions: dict[tuple[dt.date, int], Precomputed] = {}
         self.features: dict[int, tuple[dt.date, dict[str, Any]]] = {}
         self.jobs: dict[uuid.UUID, job_queue.Job] = {}
+        self.stored_reasons: dict[tuple[dt.date, int], list[dict[str, Any]]] = {}
         self._payloads: dict[uuid.UUID, list[dict[str, Any]]] = {}
 
     def _check(self) -> None:
@@ -87,6 +88,10 @@ class MemoryStore:
                            "entity_id": entity_id, "prediction_date": day.isoformat(), "score": p.score,
                            "label": p.label, "model_version": str(p.model_version), "run_id": p.run_id,
                            "scored_at": p.scored_at.isoformat(), "source": "precomputed"}).encode()
+
+    def reasons(self, entity_id: int, day: dt.date) -> list[dict[str, Any]]:
+        self._check()
+        return self.stored_reasons.get((day, entity_id), [])
 
     def ping(self) -> bool:
         return self.up

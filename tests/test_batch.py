@@ -46,7 +46,7 @@ def private_day(db_url, ready):
         write_day(conn, generate_day(day, 1_000), day)
     yield day
     with connect(db_url) as conn:
-        for table in ("predictions.churn", "predictions.spend", TABLE):
+        for table in ("predictions.churn", "predictions.churn_reasons", "predictions.spend", TABLE):
             schema, base = table.split(".")
             names = [f"{base}_p{day:%Y%m%d}", *(r[0] for r in conn.execute(  # and any run's staging table
                 "SELECT relname FROM pg_class WHERE relname LIKE %s", (f"{base}\\_stage\\_p{day:%Y%m%d}%",)))]
@@ -119,18 +119,17 @@ def test_rerun_replaces_and_retention_drops_old_partitions(specs, db_url, ready,
     with connect(db_url) as conn:
         dropped = batch.drop_expired(conn, spec, day + dt.timedelta(days=spec.batch.retention_days + 1))
     assert f"predictions.churn_p{day:%Y%m%d}" in dropped
-    assert all(d.startswith("predictions.churn_p") and d[-8:] <= f"{day:%Y%m%d}" for d in dropped)
+    assert f"predictions.churn_reasons_p{day:%Y%m%d}" in dropped  # the day's reasons (batch.explain) go with it
+    assert all(d.startswith(("predictions.churn_p", "predictions.churn_reasons_p")) and d[-8:] <= f"{day:%Y%m%d}"
+               for d in dropped)
     assert stored(db_url, spec, day).empty
 
 
-def test_kill_mid_load_keeps_previous_predictions(specs, db_url, ready, mlflow_server):
-    spec, day = specs["churn"], ready - dt.timedelta(days=6)
-    batch.run_batch(spec, day, "test_before_kill")
-    before = stored(db_url, spec, day)
+def kill_when_stalled(db_url: str, mlflow_server: str, day: dt.date, run_id: str, *extra: str) -> None:
+    """Run testing.faulty_batch for churn on `day` until it stalls, then SIGKILL it as the OOM killer would."""
     env = {**os.environ, "DATABASE_URL": db_url, "MLFLOW_TRACKING_URI": mlflow_server}
-    # The real run with the champion's scorer wrapped to stall before its second chunk (test-only launcher).
     proc = subprocess.Popen([sys.executable, "-m", "testing.faulty_batch", "--model", "churn", "--date", str(day),
-                             "--run-id", "test_killed", "--chunk-rows", "300", "--stall", "120"],
+                             "--run-id", run_id, "--chunk-rows", "300", "--stall", "120", *extra],
                             cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         deadline = time.time() + 120
@@ -140,12 +139,20 @@ def test_kill_mid_load_keeps_previous_predictions(specs, db_url, ready, mlflow_s
             assert line or proc.poll() is None, f"batch exited early: {seen}"
             seen += line
             assert time.time() < deadline, seen
-        # The first chunk is in the staging table (uncommitted); kill the process like the OOM killer would.
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_kill_mid_load_keeps_previous_predictions(specs, db_url, ready, mlflow_server):
+    spec, day = specs["churn"], ready - dt.timedelta(days=6)
+    batch.run_batch(spec, day, "test_before_kill")
+    before = stored(db_url, spec, day)
+    # The real run with the champion's scorer wrapped to stall before its second chunk (test-only launcher);
+    # the first chunk is in the staging table (uncommitted) when it is killed.
+    kill_when_stalled(db_url, mlflow_server, day, "test_killed")
     after = stored(db_url, spec, day)
     pd.testing.assert_frame_equal(before, after)
     assert runs(db_url, "churn", day)[-1][:2] == ("test_killed", "running")  # left behind by the dead process

@@ -32,7 +32,8 @@ def run(db_url: str, name: str) -> tuple[list[str], list[tuple]]:
 def test_every_query_file_is_covered():
     assert {p.name for p in QUERIES.glob("*.sql")} == {
         "top_churn_risk_today.sql", "score_distribution_by_day.sql", "day_over_day_change.sql",
-        "which_version_scored_what.sql"}
+        "which_version_scored_what.sql", "why_top_churn_risk_today.sql",
+        "which_feature_drives_predictions_today.sql"}
 
 
 def test_top_churn_risk_today(db_url, published):
@@ -65,3 +66,21 @@ def test_which_version_scored_what(db_url, published, trained_models):
     assert churn[cols.index("model_version")] == int(trained_models["churn"])
     assert churn[cols.index("rows_stored")] == churn[cols.index("rows_scored")] == 2_000
     assert (published[-1], "spend") in mine
+
+
+def test_why_top_churn_risk_today(db_url, published):
+    """The 10 riskiest of the latest day, 3 reasons each, from the reasons the nightly run stored with the scores."""
+    cols, rows = run(db_url, "why_top_churn_risk_today.sql")
+    assert cols == ["customer_id", "churn_probability", "rank", "feature", "value", "contribution"]
+    _, top = run(db_url, "top_churn_risk_today.sql")
+    assert len(rows) == 30 and [r[0] for r in rows[::3]] == [r[0] for r in top[:10]]
+    assert all([r[2] for r in rows[i:i + 3]] == [1, 2, 3] for i in range(0, 30, 3))
+    assert all(abs(rows[i][5]) >= abs(rows[i + 1][5]) for i in range(0, 30, 3))
+
+
+def test_which_feature_drives_predictions_today(db_url, published, specs):
+    cols, rows = run(db_url, "which_feature_drives_predictions_today.sql")
+    assert cols[:3] == ["feature", "top_reason_for", "top_reason_pct"]
+    assert {r[0] for r in rows} <= set(specs["churn"].feature_names)
+    assert sum(r[1] for r in rows) == 2_000  # every customer of the day has one strongest reason
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)

@@ -43,6 +43,7 @@ def days(airflow_db, trained_models, db_url, specs):
         for day in (PREVIOUS, CLEAN, DRIFT):
             conn.execute(f"DROP TABLE IF EXISTS features.customer_daily_p{day:%Y%m%d}")
             conn.execute(f"DROP TABLE IF EXISTS predictions.churn_p{day:%Y%m%d}")
+            conn.execute(f"DROP TABLE IF EXISTS predictions.churn_reasons_p{day:%Y%m%d}")
         conn.execute("DELETE FROM ops.batch_runs WHERE run_id LIKE 'test_monitor__%'")
         conn.execute("DELETE FROM ops.monitoring_checks WHERE monitor_date BETWEEN %s AND %s", (PREVIOUS, DRIFT))
 
@@ -80,6 +81,7 @@ def test_a_clean_day_passes(days, db_url, specs, logs):
     found = checks(db_url, CLEAN)
     assert not [name for name, (_, _, status) in found.items() if status == "alert"]
     assert {f"psi.{f}" for f in specs["churn"].feature_names} <= set(found)
+    assert {f"attribution.{f}" for f in specs["churn"].feature_names} <= set(found)  # attribution drift (issue 22)
     assert found["psi.avg_session_minutes"][0] < 0.1
     assert found["rows"][0] == CUSTOMERS and found["row_count_change"][0] == 0.0
     assert found["reject_rate"][0] == 0.0
@@ -117,7 +119,7 @@ def test_a_drifted_day_alerts_on_exactly_the_drifted_feature(days, db_url, specs
     assert run_data.data.tags["status"] == "alert"
     names = {a.path for a in mc.list_artifacts(run_data.info.run_id, "report")}
     assert {"report/index.html", "report/score_distribution.png", "report/metric_history.png",
-            f"report/feature_{DRIFT_FEATURE}.png"} <= names
+            f"report/feature_{DRIFT_FEATURE}.png", "report/attribution.png"} <= names
     page = Path(mc.download_artifacts(run_data.info.run_id, "report/index.html", str(tmp_path)))
     assert f"psi.{DRIFT_FEATURE}" in page.read_text()
 

@@ -26,6 +26,10 @@ INFER = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, len(NAMES
 def served(scorer):
     app, store = make_app(scorer)
     store.add_prediction(17, 0.25)
+    day = store.latest_date()
+    store.stored_reasons[(day, 17)] = [{"feature": "contract", "value": "month-to-month", "contribution": 0.81},
+                                       {"feature": "tenure_months", "value": 3.0, "contribution": 0.42},
+                                       {"feature": "region", "value": None, "contribution": -0.05}]
     return app, store
 
 
@@ -83,9 +87,9 @@ def cases(store) -> dict[tuple[str, str], tuple[dict, dict | None]]:
         ("/docs", "get"): ({"path": "/docs"}, None),
         ("/v1/models/{model}", "get"): ({"path": v}, {"path": "/v1/models/nope"}),
         ("/v1/models/{model}/predictions/{entity_id}", "get"): (
-            {"path": f"{v}/predictions/17"}, {"path": f"{v}/predictions/abc"}),
+            {"path": f"{v}/predictions/17?explain=2"}, {"path": f"{v}/predictions/abc"}),
         ("/v1/models/{model}/predict", "post"): (
-            {"path": f"{v}/predict", "json": {"records": [RECORD]}},
+            {"path": f"{v}/predict", "json": {"records": [RECORD], "explain": {"top_k": 3}}},
             {"path": f"{v}/predict", "json": {"records": [{**RECORD, "plan": "gold"}]}}),
         ("/v1/models/{model}/jobs", "post"): (
             {"path": f"{v}/jobs", "json": {"records": [RECORD]}, "headers": {"Idempotency-Key": "k1"}},

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring.spec import SpecError, load_spec, load_specs, parse_specs, validate_xgboost_params
+from scoring.spec import ExplainConfig, SpecError, load_spec, load_specs, parse_specs, validate_xgboost_params
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENT = yaml.safe_load((REPO / "models.yaml").read_text())
@@ -33,7 +33,18 @@ def test_the_real_specs_load_with_types_and_defaults():
     assert churn.source.entity_key == "customer_id" and churn.train_schedule == "0 4 * * 0"
     assert churn.serving.online and churn.serving.latency_budget_ms == 25
     assert churn.batch.chunk_rows == 100_000  # a default, not in the file
+    assert churn.batch.explain == ExplainConfig(top_k=3, method="exact", rows="all") and spend.batch.explain is None
     assert load_spec("spend") == spend
+
+
+def test_explain_defaults_keep_the_night_cheap():
+    """`explain: {}` (or true): exact reasons of the day's 1,000 highest scores, 3 per entity."""
+    for value in ({}, True):
+        specs = _parse_with(lambda m, v=value: m["spend"]["batch"].update(explain=v))
+        assert specs["spend"].batch.explain == ExplainConfig(top_k=3, method="exact", rows="top", top=1000)
+    specs = _parse_with(lambda m: m["churn"]["batch"].update(explain={"method": "approx", "rows": {"top": 50}}))
+    assert specs["churn"].batch.explain == ExplainConfig(top_k=3, method="approx", rows="top", top=50)
+    assert _parse_with(lambda m: m["churn"]["batch"].update(explain=False))["churn"].batch.explain is None
 
 
 def test_models_file_env_var_and_unknown_model(tmp_path, monkeypatch):
@@ -105,6 +116,20 @@ BAD = {
     "shared prediction table": (lambda m: m["spend"].update(prediction_table="predictions.churn"),
                                 "model 'spend', key 'prediction_table': 'predictions.churn' is already the "
                                 "prediction table of model 'churn'"),
+    "explain unknown key": (lambda m: m["churn"]["batch"]["explain"].update(rows_per_day=3),
+                            "model 'churn', key 'batch.explain.rows_per_day': unknown key"),
+    "explain bad method": (lambda m: m["churn"]["batch"]["explain"].update(method="shap"),
+                           "key 'batch.explain.method': must be exact or approx, got 'shap'"),
+    "explain top_k zero": (lambda m: m["churn"]["batch"]["explain"].update(top_k=0),
+                           "key 'batch.explain.top_k': must be a positive int, got 0"),
+    "explain rows word": (lambda m: m["churn"]["batch"]["explain"].update(rows="some"),
+                          "key 'batch.explain.rows': must be 'all' or {top: N}, got 'some'"),
+    "explain rows top missing": (lambda m: m["churn"]["batch"]["explain"].update(rows={}),
+                                 "key 'batch.explain.rows.top': missing required key"),
+    "explain rows top bad": (lambda m: m["churn"]["batch"]["explain"].update(rows={"top": -5}),
+                             "key 'batch.explain.rows.top': must be a positive int, got -5"),
+    "explain not a mapping": (lambda m: m["spend"]["batch"].update(explain="yes"),
+                              "model 'spend', key 'batch.explain': expected a mapping, got str"),
     "bad model name": (lambda m: m.update({"Churn-2": m["churn"]}), "model 'Churn-2', key 'name'"),
     "empty entry": (lambda m: m.update(churn=None), "model 'churn': the entry must be a mapping"),
 }

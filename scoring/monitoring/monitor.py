@@ -11,6 +11,8 @@ Checks of a day (names as in ops.monitoring_checks; limits from models.yaml `mon
   online.rows, online.psi.<feature>,                       the day's logged live traffic (ops.online_payloads)
   online.null_rate_increase.<feature>, online.score_psi.holdout   against the training window, judged once
                                                            the day has online_min_rows logged rows
+  attribution.<feature>, attribution_mean_abs.<feature>    each feature's mean |contribution| (its influence on
+                                                           the scores) against the training window's
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from typing import Any
 
 import psycopg
 
-from scoring.monitoring import collect
+from scoring.monitoring import attribution, collect
 from scoring.monitoring.checks import CheckResult, alerts, degradation, histogram_psi, judge, relative_change, worst
 from scoring.monitoring.metrics import defined, metric_value
 from scoring.monitoring.profile import ReferenceProfile
 from scoring.monitoring.report import ReportData, write_report
+from scoring.scorer import Scorer
 from scoring.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ def _realised(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, holdout: 
 
 
 def gather_checks(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, reference: ReferenceProfile | None,
-                  run: collect.DayRun) -> tuple[list[CheckResult], ReportData]:
+                  run: collect.DayRun, scorer: Scorer | None = None) -> tuple[list[CheckResult], ReportData]:
     """Every check of the day (the realised metric of earlier days aside) and the report's data."""
     limits = spec.monitoring
     checks: list[CheckResult] = [judge("rows", run.rows_in, None, f"{run.rows_scored} scored"),
@@ -122,6 +125,10 @@ def gather_checks(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, refer
         checks.append(judge(f"null_rate.{name}", hist.null_rate, None, f"{hist.nulls} missing"))
         checks.append(judge(f"null_rate_increase.{name}", hist.null_rate - ref.null_rate, limits.null_rate_increase,
                             f"{hist.null_rate:.2%} today, {ref.null_rate:.2%} in the training window"))
+
+    if scorer is not None:
+        report.attribution = attribution.measure(conn, scorer, day, reference.window)
+        checks += attribution.attribution_checks(spec, report.attribution)
 
     edges = reference.score.bins
     scores = collect.score_summary(conn, spec.prediction_table, day, edges)
@@ -181,11 +188,12 @@ def _references(loader):
 
 
 def monitor_day(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, run_id: str, *,
-                reference_loader=None, track: bool = True, extra_checks=None) -> MonitorResult:
+                reference_loader=None, track: bool = True, extra_checks=None, scorer_loader=None) -> MonitorResult:
     """Monitor `day`: checks, ops rows, and (track=True) the MLflow run with metrics and the report.
 
     `reference_loader(version)` gives a version's ReferenceProfile (default: from MLflow); `extra_checks(conn,
-    spec, day)` adds checks (the challenger comparison)."""
+    spec, day)` adds checks (the challenger comparison); `scorer_loader(version)` the day's Scorer for the
+    attribution drift (default: from the registry; a loader returning None skips it)."""
     from scoring.monitoring.profile import load_reference
 
     started = time.perf_counter()
@@ -195,7 +203,9 @@ def monitor_day(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, run_id:
                            f"nothing to monitor (run predict_{spec.name} for that date first)")
     reference_of = _references(reference_loader or (lambda v: load_reference(spec.name, v)))
     reference = reference_of(run.version)
-    checks, report = gather_checks(conn, spec, day, reference, run)
+    load_scorer = scorer_loader or (lambda v: Scorer.from_registry(spec, v))
+    scorer = load_scorer(run.version) if reference is not None and run.version is not None else None
+    checks, report = gather_checks(conn, spec, day, reference, run, scorer)
     checks += _realised(conn, spec, day, reference.holdout_metric if reference else None)
     if extra_checks is not None:
         checks += extra_checks(conn, spec, day)

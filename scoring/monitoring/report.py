@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from scoring.monitoring.attribution import Attribution
 from scoring.monitoring.checks import CheckResult, worst
 from scoring.monitoring.profile import Histogram
 
@@ -37,6 +38,7 @@ class ReportData:
     metric_history: list[tuple[dt.date, float]] = field(default_factory=list)
     holdout_metric: float | None = None
     notes: list[str] = field(default_factory=list)
+    attribution: Attribution | None = None  # mean |contribution| per feature, reference and today
 
 
 def _proportions(hist: Histogram) -> np.ndarray:
@@ -83,6 +85,23 @@ def score_plot(data: ReportData, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def attribution_plot(data: ReportData, path: Path) -> Path | None:
+    """Each feature's mean |contribution| today against the training window's, side by side."""
+    found = data.attribution
+    if found is None:
+        return None
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(found.features))
+    ax.bar(x - 0.2, found.reference, 0.4, label="training window", color=_REFERENCE)
+    ax.bar(x + 0.2, found.today, 0.4, label="today", color=_TODAY)
+    ax.set_xticks(x, found.features, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("mean |contribution| (margin)")
+    ax.set_title(f"{data.model}: influence of each feature (attribution drift)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def metric_plot(data: ReportData, path: Path) -> Path | None:
     if not data.metric_history:
         return None
@@ -121,6 +140,8 @@ def write_report(data: ReportData, folder: Path) -> Path:
     images: list[tuple[str, Path]] = []
     if (path := score_plot(data, folder / "score_distribution.png")) is not None:
         images.append(("Score distribution", path))
+    if (path := attribution_plot(data, folder / "attribution.png")) is not None:
+        images.append(("Feature influence: mean |contribution|", path))
     if (path := metric_plot(data, folder / "metric_history.png")) is not None:
         images.append((f"Realised {data.metric}", path))
     feature_images = [(name, feature_plot(name, ref, today, by_name.get(f"psi.{name}"),

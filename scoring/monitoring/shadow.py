@@ -49,9 +49,9 @@ def ensure_shadow_table(conn: psycopg.Connection, spec: ModelSpec) -> None:
 
 def shadow_spec(spec: ModelSpec) -> ModelSpec:
     """The spec the batch steps run with for the shadow: its own table and its own name in ops.batch_runs
-    (`<model>_shadow`), so a shadow run never counts as the day's served run; one shard."""
+    (`<model>_shadow`), so a shadow run never counts as the day's served run; one shard; no reasons."""
     return dataclasses.replace(spec, name=f"{spec.name}_shadow", prediction_table=shadow_table(spec),
-                               batch=dataclasses.replace(spec.batch, shards=1))
+                               batch=dataclasses.replace(spec.batch, shards=1, explain=None))
 
 
 def score_shadow(conn: psycopg.Connection, read_conn: psycopg.Connection, spec: ModelSpec, day: dt.date,

@@ -1,6 +1,11 @@
 """The Open Inference Protocol (KServe v2 / Triton) REST API, with JSON tensors and the binary tensor extension.
 
 The tensors (inputs, outputs, raw data) are serving/open_inference.py's, shared with the gRPC form (serving/grpc/).
+Outputs: the model's (open_inference.outputs) and, on request (listed in `outputs`, as the protocol asks for
+non-default outputs), `contributions` (FP32, [N, n_features + 1]): each row's per-feature contributions in margin
+space in the spec's feature order, then the bias; a row sums to its margin. The column names are in the model
+metadata (the output's `parameters.columns`). An output parameter `method` (`exact`, the default, or `approx`)
+chooses the algorithm, as in the v1 API.
 Errors: `{"error": "..."}`.
 """
 
@@ -11,6 +16,7 @@ from typing import Any
 import numpy as np
 from flask import Response, request
 
+from scoring.scorer import EXPLAIN_METHODS, ExplainRequest
 from scoring.spec import ModelSpec
 from serving import open_inference as tensors
 from serving.dataplane import plane, request_id
@@ -94,7 +100,8 @@ def model_metadata(model: str, version: str | None = None) -> Response:
         raise ApiError(404, "unknown_version", f"model '{model}' version {version} is not loaded (loaded: {loaded})")
     return json_response({"name": spec.name, "versions": [loaded] if loaded else [], "platform": tensors.PLATFORM,
                           "inputs": _described(tensors.input_metadata(spec)),
-                          "outputs": _described(tensors.output_metadata(spec))})
+                          "outputs": [*_described(tensors.output_metadata(spec)),
+                                      tensors.contributions_metadata(spec)]})
 
 
 @api.route("GET", "/v2/models/<model>/ready", auth=PUBLIC, summary="OIP model ready",
@@ -184,14 +191,30 @@ _INFER = {"responses": {200: json_answer("Output tensors (JSON, or the binary ex
            summary="OIP inference (JSON tensors, binary tensor extension)", **_INFER)
 @api.route("POST", "/v2/models/<model>/versions/<version>/infer", auth=Scope("predict"),
            summary="OIP inference on a version", endpoint="version_infer", **_INFER)
+def _explain_asked(wanted: Any) -> ExplainRequest | None:
+    """The contributions output, when the request lists it: its `method` parameter (exact by default)."""
+    for o in wanted if isinstance(wanted, list) else ():
+        if isinstance(o, dict) and o.get("name") == tensors.CONTRIBUTIONS:
+            params = o.get("parameters")
+            method = params.get("method", "exact") if isinstance(params, dict) else "exact"
+            if method not in EXPLAIN_METHODS:
+                raise _bad(f"output '{tensors.CONTRIBUTIONS}': parameters.method must be one of "
+                           f"{list(EXPLAIN_METHODS)}, got {shown(method)}")
+            return ExplainRequest(None, method)
+    return None
+
+
 def infer(model: str, version: str | None = None) -> Response:
     spec = plane().spec
     doc, binary = _read_request()
     columns, n_rows = _columns(spec, doc, binary)
-    scored = plane().predictor.predict(columns, route="oip", n_rows=n_rows, version=version, request_id=request_id())
-    preds = scored.predictions
-    produced = tensors.outputs(spec, preds)
     wanted = doc.get("outputs")
+    explain = _explain_asked(wanted)
+    scored = plane().predictor.predict(columns, route="oip", n_rows=n_rows, version=version, request_id=request_id(),
+                                       explain=explain)
+    produced = tensors.outputs(spec, scored.predictions)
+    if scored.contributions is not None:
+        produced[tensors.CONTRIBUTIONS] = tensors.contributions_tensor(scored.contributions)
     binary_default = (doc.get("parameters") or {}).get("binary_data_output", False)
     if wanted is None:
         requested = [(name, binary_default) for name in produced]
@@ -211,13 +234,13 @@ def infer(model: str, version: str | None = None) -> Response:
     outputs, blobs = [], []
     for name, as_binary in requested:
         datatype, arr = produced[name]
-        out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(arr)]}
+        out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if as_binary:
             blob = tensors.little_endian(arr)
             out["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            out["data"] = arr.tolist()
+            out["data"] = arr.reshape(-1).tolist()  # row-major, as the protocol lays out tensors
         outputs.append(out)
     result: dict[str, Any] = {"model_name": spec.name, "model_version": scored.version, "outputs": outputs}
     if "id" in doc:

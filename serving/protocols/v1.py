@@ -9,6 +9,7 @@ import time
 
 from flask import Response, request
 
+from scoring.scorer import EXPLAIN_METHODS, ExplainRequest
 from serving.auth import sees_internals
 from serving.dataplane import FALLBACKS, plane, request_id
 from serving.errors import ERROR_SCHEMA, ApiError, error_response
@@ -23,6 +24,21 @@ PREDICT = Scope("predict")
 _STARTED = time.time()
 _INTEGER = re.compile(r"-?[0-9]{1,20}\Z")
 
+_EXPLAIN = {
+    "type": "object", "additionalProperties": False,
+    "description": "Return each prediction's reasons: per-feature contributions in margin space (log-odds for a "
+                   "classifier), largest |contribution| first; bias + every contribution = the margin. A category "
+                   "is one feature (one contribution, its value the category). Explained records are scored live. "
+                   "exact (TreeSHAP) is refused with 422 explain_not_allowed when the promotion gate measured it "
+                   "over the model's latency budget; approx (Saabas) is always allowed.",
+    "properties": {"top_k": {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "all"}], "default": "all"},
+                   "method": {"enum": list(EXPLAIN_METHODS), "default": "exact"}}}
+_EXPLANATION = {
+    "type": ["object", "null"], "properties": {
+        "bias": {"type": "number"}, "source": {"enum": ["precomputed"]},
+        "contributions": {"type": "array", "items": {"type": "object", "properties": {
+            "feature": {"type": "string"}, "value": {"type": ["number", "string", "null"]},
+            "contribution": {"type": "number"}}}}}}
 _STRING_OR_NULL = {"type": ["string", "null"]}
 _LOOKUP = {
     "type": "object", "required": ["model", "entity_key", "entity_id", "model_version", "source"],
@@ -32,18 +48,19 @@ _LOOKUP = {
         "model_version": {"type": "string"}, "source": {"enum": ["precomputed", "live"]},
         "prediction_date": {"type": "string", "format": "date", "description": "precomputed: the batch's date"},
         "run_id": {"type": "string"}, "scored_at": {"type": "string"},
-        "features_date": {"type": "string", "format": "date", "description": "live: the features' date"}}}
+        "features_date": {"type": "string", "format": "date", "description": "live: the features' date"},
+        "explanation": _EXPLANATION}}
 _PREDICT_BODY = {
     "type": "object", "required": ["records"], "additionalProperties": False,
     "properties": {"records": {"type": "array", "minItems": 1, "items": ref("Record")},
-                   "fallback": {"enum": list(FALLBACKS), "default": "live"}}}
+                   "fallback": {"enum": list(FALLBACKS), "default": "live"}, "explain": _EXPLAIN}}
 _PREDICTED = {
     "type": "object", "required": ["model", "model_version", "predictions"],
     "properties": {
         "model": {"type": "string"}, "model_version": _STRING_OR_NULL,
         "predictions": {"type": "array", "items": {"allOf": [ref("Prediction"), {"type": "object", "properties": {
             "source": {"enum": ["live", "precomputed"]}, "model_version": {"type": "string"},
-            "prediction_date": {"type": "string", "format": "date"}}}]}}}}
+            "prediction_date": {"type": "string", "format": "date"}, "explanation": _EXPLANATION}}]}}}}
 _MODEL_INFO = {
     "type": "object",
     "required": ["model", "task", "loaded_version", "loaded_at", "signature", "entity_key", "reload", "limits"],
@@ -59,7 +76,10 @@ _MODEL_INFO = {
                    "scores the entity's latest features on a miss",
            params=(Param("date", {"type": "string", "format": "date"}, "a batch date (default: the latest "
                                                                          "complete one)"),
-                   Param("fallback", {"enum": ["live"]}, "live: score a miss from the entity's latest features")),
+                   Param("fallback", {"enum": ["live"]}, "live: score a miss from the entity's latest features"),
+                   Param("explain", {"oneOf": [{"enum": ["true", "all"]}, {"type": "integer", "minimum": 1}]},
+                         "add the reasons: the day's stored ones (models.yaml batch.explain; null when its run "
+                         "stored none for the entity), live ones for a live fallback; a number keeps the top N")),
            responses={200: json_answer("The prediction", _LOOKUP)}, errors=(400, 404, 503))
 def lookup(model: str, entity_id: str) -> Response:
     dp = plane()
@@ -80,7 +100,10 @@ def lookup(model: str, entity_id: str) -> Response:
             day = dt.date.fromisoformat(day_param)
         except ValueError as exc:
             raise ApiError(400, "invalid_date", f"date must be YYYY-MM-DD, got {day_param!r}") from exc
-    found = dp.lookups.lookup(eid, day, fallback, request_id=request_id())
+    explain = args.get("explain")
+    found = dp.lookups.lookup(eid, day, fallback, request_id=request_id(), explain=None if explain is None else (
+        explain_request({"top_k": "all" if explain in ("true", "all") else int(explain) if _INTEGER.match(explain)
+                         else explain})))
     if isinstance(found, bytes):  # the document as the database rendered it
         return Response(found, mimetype="application/json")
     return json_response(found)
@@ -93,20 +116,21 @@ def lookup(model: str, entity_id: str) -> Response:
                                                                                      _PREDICTED)},
            errors=(400, 404, 413, 415, 422, 503))
 def predict(model: str) -> Response:
-    body, records = records_body(("records", "fallback"))
+    body, records = records_body(("records", "fallback", "explain"))
     fallback = body.get("fallback", "live")
     if not isinstance(fallback, str) or fallback not in FALLBACKS:
         raise ApiError(400, "invalid_fallback", f"'fallback' must be one of {list(FALLBACKS)}, got {shown(fallback)}",
                        column="fallback")
+    explain = None if body.get("explain") is None else explain_request(body["explain"])
     dp = plane()
     features, ids = dp.predictor.split(records)
     rid = request_id()
-    if fallback == "precomputed" and ids is not None:
+    if fallback == "precomputed" and ids is not None and explain is None:  # explained records are scored live
         answered = dp.lookups.cache_first(features, ids, request_id=rid)
         if answered is not None:
             return _predicted(answered[0], answered[1])
-    scored = dp.predictor.predict(features, route="v1", ids=ids, request_id=rid)
-    items = scored.predictions.records()
+    scored = dp.predictor.predict(features, route="v1", ids=ids, request_id=rid, explain=explain)
+    items = scored.items(dp.entity_key)
     if fallback == "precomputed" or (ids is not None and any(e is not None for e in ids)):
         for item, e in zip(items, ids or [None] * len(items), strict=True):
             item["source"] = "live"
@@ -154,6 +178,23 @@ def model_info(model: str) -> Response:
 
 
 _INTERNAL = ("ref", "prediction_table", "process_started")
+
+
+def explain_request(value: object) -> ExplainRequest:
+    """The body's "explain" ({"top_k": N | "all", "method": "exact" | "approx"}) as a request."""
+    if not isinstance(value, dict) or set(value) - {"top_k", "method"}:
+        raise ApiError(400, "invalid_explain", f"'explain' must be an object with 'top_k' (a number >= 1 "
+                                               f"or \"all\") and 'method' ({' or '.join(EXPLAIN_METHODS)}), got "
+                                               f"{shown(value)}", column="explain")
+    top_k = value.get("top_k", "all")
+    if top_k != "all" and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ApiError(400, "invalid_explain", f"'explain.top_k' must be a number >= 1 or \"all\", got "
+                                               f"{shown(top_k)}", column="explain")
+    method = value.get("method", "exact")
+    if method not in EXPLAIN_METHODS:
+        raise ApiError(400, "invalid_explain", f"'explain.method' must be one of {list(EXPLAIN_METHODS)}, got "
+                                               f"{shown(method)}", column="explain")
+    return ExplainRequest(None if top_k == "all" else top_k, method)
 
 
 def _iso(ts: float | None) -> str | None:
