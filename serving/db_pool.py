@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from scoring import settings
 from serving.failures import StoreUnavailable
 
+
 @dataclass(frozen=True)
 class QueryLimits:
     """What bounds every serving query (the defaults of a pool not given its own)."""
