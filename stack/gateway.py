@@ -196,9 +196,11 @@ def start_standalone(routes: Mapping[str, Upstreams | list[str]], port: int, wor
 # --- the container deployment ------------------------------------------------------------------------------
 
 def compose_config(models: list[str], workdir: Path) -> str:
-    """docker-compose.yaml's gateway: each model's service name resolves to all its replicas (compose's DNS),
-    stub_status on :8081 (not published; Prometheus' nginx exporter scrapes it), Airflow's UI on :8080."""
-    return render({m: [f"serving-{m}:8000"] for m in models}, "0.0.0.0:8000", workdir, "/dev/stdout",
+    """docker-compose.yaml's gateway: each model's service name resolves to all its replicas (compose's DNS), its
+    job routes to serving-<m>-jobs, stub_status on :8081 (not published; Prometheus' nginx exporter scrapes it),
+    Airflow's UI on :8080."""
+    return render({m: Upstreams([f"serving-{m}:8000"], [f"serving-{m}-jobs:8000"]) for m in models},
+                  "0.0.0.0:8000", workdir, "/dev/stdout",
                   status_listen="0.0.0.0:8081", passthrough={"0.0.0.0:8080": "airflow-apiserver:8080"},
                   body_limit=max_body_bytes(), read_timeout_s=int(os.environ.get("SERVING_TIMEOUT_S") or "60"))
 

@@ -156,6 +156,10 @@ def test_one_serving_deployment_and_worker_per_model(services: dict[str, dict[st
         assert "ports" not in app, f"{model}: reached through the gateway only"
         # each deployment is reachable on its own: its routes go to its own service (all its replicas)
         assert f"server serving-{model}:8000" in gateway and f"location ^~ /v1/models/{model}/ {{" in gateway
+        # its job routes go to a threaded deployment of its own
+        jobs = services[f"serving-{model}-jobs"]
+        assert _env(jobs)["SERVING_MODEL"] == model and int(_env(jobs)["SERVING_THREADS"]) > 1
+        assert f"upstream jobs_{model} {{\n        server serving-{model}-jobs:8000" in gateway
         routes.add(f"/models/{model}/")
         worker = services[f"worker-{model}"]
         assert worker["command"] == ["python", "-m", "serving.worker"]
@@ -270,6 +274,7 @@ def test_each_service_gets_only_its_secrets(services: dict[str, dict[str, Any]])
     expected = dict(SECRETS_OF)
     for model in online_models():
         expected[f"serving-{model}"] = {"POSTGRES_SERVING_PASSWORD", "MLFLOW_SERVING_PASSWORD", "SERVING_TOKENS"}
+        expected[f"serving-{model}-jobs"] = expected[f"serving-{model}"]  # the same app, for the job routes
         expected[f"worker-{model}"] = {"POSTGRES_WORKER_PASSWORD", "MLFLOW_WORKER_PASSWORD"}
     held = {name: secrets_held(svc) for name, svc in services.items()}
     assert {n: h for n, h in held.items() if h} == {n: e for n, e in expected.items() if e}
