@@ -187,10 +187,6 @@ _INFER = {"responses": {200: json_answer("Output tensors (JSON, or the binary ex
                                                        "application/octet-stream": None}}
 
 
-@api.route("POST", "/v2/models/<model>/infer", auth=Scope("predict"),
-           summary="OIP inference (JSON tensors, binary tensor extension)", **_INFER)
-@api.route("POST", "/v2/models/<model>/versions/<version>/infer", auth=Scope("predict"),
-           summary="OIP inference on a version", endpoint="version_infer", **_INFER)
 def _explain_asked(wanted: Any) -> ExplainRequest | None:
     """The contributions output, when the request lists it: its `method` parameter (exact by default)."""
     for o in wanted if isinstance(wanted, list) else ():
@@ -204,6 +200,10 @@ def _explain_asked(wanted: Any) -> ExplainRequest | None:
     return None
 
 
+@api.route("POST", "/v2/models/<model>/infer", auth=Scope("predict"),
+           summary="OIP inference (JSON tensors, binary tensor extension)", **_INFER)
+@api.route("POST", "/v2/models/<model>/versions/<version>/infer", auth=Scope("predict"),
+           summary="OIP inference on a version", endpoint="version_infer", **_INFER)
 def infer(model: str, version: str | None = None) -> Response:
     spec = plane().spec
     doc, binary = _read_request()
