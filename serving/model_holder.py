@@ -69,6 +69,7 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # serialises check_now() calls, never taken by readers
+        self._unapproved: set[str] = set()  # versions refused only because the gate had not promoted them
 
     @property
     def current(self) -> Scorer | None:
@@ -111,6 +112,7 @@ class ModelHolder:
             try:  # the one resolve-and-approve rule (scoring.registry), as the predict DAG and batch CLI use
                 version = resolve_approved(self.spec.name, self.ref, allow_ungated=self.allow_ungated).version
             except NotApprovedError as exc:
+                self._unapproved.add(str(exc.version))  # refused until the gate promotes it (then loaded)
                 return self._refuse(exc.version, f"version {exc.version} refused: NotApprovedError: {exc}")
             except RegistryError as exc:
                 if self._current is None:
@@ -121,6 +123,9 @@ class ModelHolder:
                 return False
             if self._current is not None and self._current.version == version:
                 return False
+            if version in self._unapproved:  # refused as not approved, now promoted by the gate: try it
+                self._unapproved.discard(version)
+                self.stats.refused_versions.pop(version, None)
             if version in self.stats.refused_versions:
                 return False
             try:

@@ -180,3 +180,18 @@ def test_holder_override_loads_an_unpromoted_version(rule_model):
 
     holder = ModelHolder(load_spec(MODEL), ref=rule_model.refused, poll_interval_s=3600, allow_ungated=True)
     assert holder.check_now() and holder.version == rule_model.refused
+
+
+def test_holder_loads_a_refused_unpromoted_version_once_the_gate_promotes_it(rule_model):
+    """The BYO order of events: `champion` moved by hand to a version never gated (refused at reload), then
+    evaluate_<model> promotes that version: the holder loads it at its next poll."""
+    from scoring.registry import client
+    from scoring.spec import load_spec
+    from serving.model_holder import ModelHolder
+
+    mc = client()
+    version = str(mc.copy_model_version(f"models:/{MODEL}/{rule_model.undecided}", MODEL).version)
+    holder = ModelHolder(load_spec(MODEL), ref=version, poll_interval_s=3600)
+    assert not holder.check_now() and version in holder.stats.refused_versions
+    mc.set_model_version_tag(MODEL, version, "gate.decision", "promoted")
+    assert holder.check_now() and holder.version == version
