@@ -23,9 +23,10 @@ WORKDIR /opt/platform
 # Dependencies first (exact pins: requirements.txt is the constraint set), so code changes reuse this layer.
 # Build arguments pip reads from the environment: PIP_INDEX_URL, another index (a company mirror); PIP_FIND_LINKS,
 # a wheelhouse URL, then installed from alone (--no-index): the air-gapped build (`pip wheel -r requirements.txt
-# setuptools` on a host that has an index).
+# setuptools` on a host that has an index); PIP_TRUSTED_HOST, the host of a plain-HTTP index or wheelhouse.
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG PIP_FIND_LINKS=
+ARG PIP_TRUSTED_HOST=
 COPY requirements.txt ./
 RUN pip install ${PIP_FIND_LINKS:+--no-index} -r requirements.txt
 

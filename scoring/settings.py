@@ -330,6 +330,8 @@ _VARS: tuple[Var, ...] = (
     _dotenv("PIP_FIND_LINKS", "str", "", "Build argument: a wheelhouse URL (`pip wheel -r requirements.txt "
             "setuptools`); when set the image installs from it alone (air-gapped builds).", third_party="pip",
             default_doc="unset"),
+    _dotenv("PIP_TRUSTED_HOST", "str", "", "Build argument: the host of a plain-HTTP index or wheelhouse.",
+            third_party="pip", default_doc="unset"),
     _dotenv("GATEWAY_PORT", "port", "8000", "Host port of the gateway (every model)."),
     _dotenv("POSTGRES_USER", "str", None, "PostgreSQL role (one server: databases serving, mlflow, airflow).",
             example="platform", default_doc="required"),

@@ -72,7 +72,7 @@ def test_images_come_from_the_project_dockerfile(services: dict[str, dict[str, A
     args = services["db-init"]["build"]["args"]  # the official base and PyPI unless .env names others
     assert args == {"PYTHON_BASE_IMAGE": "${PYTHON_BASE_IMAGE:-python:3.11-slim}",
                     "PIP_INDEX_URL": "${PIP_INDEX_URL:-https://pypi.org/simple}",
-                    "PIP_FIND_LINKS": "${PIP_FIND_LINKS:-}"}
+                    "PIP_FIND_LINKS": "${PIP_FIND_LINKS:-}", "PIP_TRUSTED_HOST": "${PIP_TRUSTED_HOST:-}"}
     assert re.search(r"^USER ", dockerfile, re.MULTILINE), "the image does not run as root"
     assert "nginx-light" in dockerfile, "the gateway runs nginx from the same image"
 
@@ -349,3 +349,24 @@ def test_each_component_logs_in_as_its_own_role_and_user(services: dict[str, dic
     for model in online_models():  # serving starts only once its MLflow user exists
         assert services[f"serving-{model}"]["depends_on"]["mlflow-init"]["condition"] == \
             "service_completed_successfully"
+
+
+def test_the_gateway_follows_dns_and_admits_a_replica_once_ready() -> None:
+    """stack/compose/resolver.py: what the gateway routes to as Docker's DNS answers change."""
+    from stack.compose.resolver import next_addresses
+
+    ready = {"10.0.0.2", "10.0.0.3"}
+    first = next_addresses({}, {"serving-churn": ["10.0.0.2", "10.0.0.3"], "airflow-apiserver": ["10.0.0.9"]},
+                           ready.__contains__)
+    assert first == {"serving-churn": ["10.0.0.2", "10.0.0.3"], "airflow-apiserver": ["10.0.0.9"]}
+    # scaled to 3: the new replica joins only once it answers /readyz
+    scaled = {"serving-churn": ["10.0.0.2", "10.0.0.3", "10.0.0.4"], "airflow-apiserver": ["10.0.0.9"]}
+    assert next_addresses(first, scaled, ready.__contains__)["serving-churn"] == ["10.0.0.2", "10.0.0.3"]
+    ready.add("10.0.0.4")
+    assert next_addresses(first, scaled, ready.__contains__)["serving-churn"] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    # a replica gone from DNS leaves at once; no answer at all keeps the last known addresses
+    assert next_addresses(first, {"serving-churn": ["10.0.0.3"]}, ready.__contains__) == {"serving-churn": ["10.0.0.3"]}
+    assert next_addresses(first, {"serving-churn": []}, ready.__contains__) == \
+        {"serving-churn": ["10.0.0.2", "10.0.0.3"]}
+    # a fresh start where nothing is ready yet (no champion): every replica, rather than none
+    assert next_addresses({}, {"serving-churn": ["10.0.0.7"]}, lambda ip: False) == {"serving-churn": ["10.0.0.7"]}
