@@ -386,6 +386,9 @@ _VARS: tuple[Var, ...] = (
     _v("MLFLOW_FLASK_SERVER_SECRET_KEY", "str", None, "The basic-auth app's CSRF key (from "
        "MLFLOW_FLASK_SECRET_KEY).", ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", secret=True,
        default_doc="unset"),
+    _v("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "bool", None, "MLflow's job runner (huey consumers for GenAI "
+       "online scoring and trace archival); docker-compose.yaml turns it off (~1 GB of idle memory, unused here).",
+       ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", default_doc="MLflow's own (on)"),
     _v("MLFLOW_SERVER_ALLOWED_HOSTS", "str", None,
        "Host names the MLflow server answers (DNS-rebinding protection); set in docker-compose.yaml.",
        ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", default_doc="MLflow's own (localhost)"),
