@@ -89,6 +89,10 @@ def test_long_running_services_have_healthchecks(services: dict[str, dict[str, A
     assert "/api/v2/monitor/health" in " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
     assert "ping" in " ".join(services["redis"]["healthcheck"]["test"])
     assert "inspect ping" in " ".join(services["airflow-worker"]["healthcheck"]["test"])
+    for name, svc in services.items():  # a timed-out check is killed itself, not just its shell
+        check = svc.get("healthcheck", {}).get("test", [])
+        if check and check[0] == "CMD-SHELL" and "airflow" in check[1] + name:
+            assert check[1].startswith("exec "), name
     assert "/gateway/health" in " ".join(services["gateway"]["healthcheck"]["test"])
     assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
     for model in online_models():

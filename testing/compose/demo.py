@@ -56,7 +56,7 @@ def drive(dep: Deployment, end: dt.date, days: int = 35, customers: int = 2000,
     timings = {"seed features": seed(dep, end, days, customers)}
     say(f"features: {days} days x {customers} customers ending {end} ({timings['seed features']:.0f}s)")
     api = airflow(dep)
-    wait_for_dags(api, [f"train_{m}" for m in models] + [f"predict_{m}" for m in models], timeout=300)
+    wait_for_dags(api, [f"train_{m}" for m in models] + [f"predict_{m}" for m in models], timeout=900)
     api._call("PATCH", f"/dags/{DEMO_DAG}", json={"is_paused": True})
     began = time.monotonic()
     trained_at = dt.datetime.now(dt.UTC)

@@ -78,7 +78,7 @@ class Deployment:
         full_env = {**os.environ, **(env or {})}
         return run(self.argv(*args, profiles=profiles), timeout=timeout, check=check, env=full_env)
 
-    def up(self, timeout: float = 900) -> float:
+    def up(self, timeout: float = 1800) -> float:
         """`up -d --wait` (the images are built beforehand); returns the seconds to healthy."""
         began = time.monotonic()
         self.compose("up", "-d", "--wait", "--no-build", "--pull", "never", "--wait-timeout", str(int(timeout)),
