@@ -80,3 +80,23 @@ bench-online: venv
 .PHONY: bench-faults
 bench-faults: venv
 	$(PY) bench/faults.py
+
+# The compose deployment for real on this machine's Docker engine (tests/test_compose_deploy.py; not yet part of
+# `make test`: see addopts in pyproject.toml): installs docker.io, debootstrap and the pinned Compose CLI when missing, starts dockerd when
+# none runs, stand-in base images when the official ones cannot be pulled, one deployment driven end to end.
+.PHONY: test-compose deploy-local deploy-demo deploy-down
+test-compose: venv
+	$(VENV)/bin/pytest -q -m compose tests/test_compose_deploy.py
+
+# The same deployment left running (project msp-local, .env in .local/deploy/), on host ports apart from `make
+# up`'s; deploy-demo seeds the demo features (the features role), trains both models and predicts the day.
+DEPLOY_GATEWAY_PORT ?= 18000
+DEPLOY_AIRFLOW_PORT ?= 18080
+deploy-local: venv
+	$(PY) -m testing.compose up --gateway-port $(DEPLOY_GATEWAY_PORT) --airflow-port $(DEPLOY_AIRFLOW_PORT)
+
+deploy-demo: venv
+	$(PY) -m testing.compose demo
+
+deploy-down: venv
+	$(PY) -m testing.compose down

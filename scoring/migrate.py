@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 
 from scoring.db import connect
-from scoring.roles import grant_prediction_tables, roles_exist, set_passwords
+from scoring.roles import EncodingError, grant_prediction_tables, roles_exist, set_passwords
 from scoring.spec import load_specs
 from scoring.store import ensure_prediction_table
 
@@ -92,7 +92,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         applied = apply_migrations(args.url)
-    except MigrationError as exc:
+    except (MigrationError, EncodingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"migrations: applied {len(applied)}" + (f" ({', '.join(applied)})" if applied else " (up to date)"))

@@ -20,6 +20,8 @@ from scoring.store import split_table
 BATCH, SERVING, WORKER, AIRFLOW, MLFLOW = ("platform_batch", "platform_serving", "platform_worker",
                                            "platform_airflow", "platform_mlflow")
 
+FEATURES = "platform_features"  # the feature pipeline (sql/010_compose_roles.sql)
+
 
 @dataclass(frozen=True)
 class RolePasswords:
@@ -30,9 +32,25 @@ class RolePasswords:
     platform_worker: str | None = setting("POSTGRES_WORKER_PASSWORD")
     platform_airflow: str | None = setting("POSTGRES_AIRFLOW_PASSWORD")
     platform_mlflow: str | None = setting("POSTGRES_MLFLOW_PASSWORD")
+    platform_features: str | None = setting("POSTGRES_FEATURES_PASSWORD")
 
 
 PASSWORD_VARS = env_names(RolePasswords)  # role -> its variable
+
+
+class EncodingError(RuntimeError):
+    """The database cannot hold the platform's names and text as it is encoded."""
+
+
+def check_encoding(conn: psycopg.Connection) -> None:
+    """SQL_ASCII means no encoding at all: the server hands text back as raw bytes, which no identifier or
+    label can be made of. Say so, naming the database and what to do, rather than fail on the first name."""
+    encoding = (conn.pgconn.parameter_status(b"server_encoding") or b"").decode("ascii", "replace")
+    if encoding.upper() == "SQL_ASCII":
+        name = conn.pgconn.db.decode("utf-8", "replace")
+        raise EncodingError(f"database {name!r} is encoded SQL_ASCII (no encoding: text arrives as bytes); the "
+                            f"platform needs UTF8: create it with ENCODING 'UTF8' (initdb -E UTF8, or the "
+                            f"official postgres image, which initialises with UTF8)")
 
 
 def roles_exist(conn: psycopg.Connection) -> bool:
@@ -58,6 +76,7 @@ def set_passwords(conn: psycopg.Connection, env: Mapping[str, str] | None = None
 def grant_prediction_tables(conn: psycopg.Connection, specs: Iterable[ModelSpec]) -> None:
     """Hand every relation of the prediction schemas to the batch role (it stages, swaps and drops partitions,
     which needs ownership) and let serving read them. Idempotent; run after the spec tables are ensured."""
+    check_encoding(conn)
     schemas = sorted({split_table(spec.prediction_table)[0] for spec in specs})
     for schema in schemas:
         ident = sql.Identifier(schema)

@@ -341,6 +341,18 @@ _VARS: tuple[Var, ...] = (
        ("stack", "bench"), group=_STACK, default_doc="`pg_config --bindir`, else PATH"),
     # --- container deployment
     _dotenv("PLATFORM_IMAGE", "str", "model-serving-platform:latest", "Image built from `./Dockerfile`."),
+    _dotenv("PYTHON_BASE_IMAGE", "str", "python:3.11-slim", "The platform image's base (a mirror or an in-house "
+            "copy of the official image)."),
+    _dotenv("POSTGRES_IMAGE", "str", "postgres:15", "The PostgreSQL image."),
+    _dotenv("REDIS_IMAGE", "str", "redis:7.2-bookworm", "The Redis image (the Celery broker)."),
+    _dotenv("PIP_INDEX_URL", "str", "https://pypi.org/simple", "Build argument: the index the image's pip "
+            "installs requirements.txt from.", third_party="pip"),
+    _dotenv("PIP_FIND_LINKS", "str", "", "Build argument: a wheelhouse URL (`pip wheel -r requirements.txt "
+            "setuptools`); when set the image installs from it alone (air-gapped builds).", third_party="pip",
+            default_doc="unset"),
+    _dotenv("PIP_TRUSTED_HOST", "str", "", "Build argument: the host of a plain-HTTP index or wheelhouse.",
+            third_party="pip", default_doc="unset"),
+    _dotenv("GATEWAY_PORT", "port", "8000", "Host port of the gateway (every model)."),
     _dotenv("POSTGRES_USER", "str", None, "PostgreSQL role (one server: databases serving, mlflow, airflow).",
             example="platform", default_doc="required"),
     _dotenv("POSTGRES_PASSWORD", "str", None, "Its password (URL-safe characters).", secret=True,
@@ -350,7 +362,11 @@ _VARS: tuple[Var, ...] = (
               f"only to the services that log in with it.", secret=True, default_doc="required")
       for who, what in (("batch", "Airflow tasks: batch, training, monitoring"), ("serving", "the online app"),
                         ("worker", "the async workers"), ("airflow", "Airflow's metadata database"),
-                        ("mlflow", "MLflow's backend store"))),
+                        ("mlflow", "MLflow's backend store"),
+                        ("features", "the feature pipeline: owns and writes the tables of schema features; "
+                                     "the demo seeding job demo-seed"))),
+    _dotenv("REDIS_PASSWORD", "str", None, "Password of the Celery broker (Redis), given only to Redis and "
+            "Airflow's services.", secret=True, default_doc="required"),
     _dotenv("MLFLOW_ADMIN_PASSWORD", "str", None, "Password of MLflow's `admin` user (MLflow's basic-auth app; "
             "used by the mlflow-init job to create the other users).", secret=True, default_doc="required"),
     *(_dotenv(f"MLFLOW_{who.upper()}_PASSWORD", "str", None,
@@ -379,6 +395,9 @@ _VARS: tuple[Var, ...] = (
     _v("MLFLOW_BACKEND_STORE_URI", "str", None, "The MLflow server's backend store (set in docker-compose.yaml "
        "from the environment, so its password is on no command line).", ("mlflow", "compose"), group=_COMPOSE,
        third_party="MLflow", secret=True, default_doc="unset"),
+    _v("REDISCLI_AUTH", "str", None, "The Celery broker's password inside the redis container (from "
+       "REDIS_PASSWORD): written to redis-server's config at start, read by redis-cli (the healthcheck).",
+       ("compose",), group=_COMPOSE, third_party="Redis", secret=True, default_doc="unset"),
     _v("MLFLOW_AUTH_CONFIG_PATH", "path", None, "The basic-auth app's config (`mlflow/basic_auth.ini`).",
        ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", default_doc="MLflow's own"),
     _v("MLFLOW_AUTH_ADMIN_PASSWORD", "str", None, "The MLflow admin's password at first start (from "
@@ -387,6 +406,9 @@ _VARS: tuple[Var, ...] = (
     _v("MLFLOW_FLASK_SERVER_SECRET_KEY", "str", None, "The basic-auth app's CSRF key (from "
        "MLFLOW_FLASK_SECRET_KEY).", ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", secret=True,
        default_doc="unset"),
+    _v("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "bool", None, "MLflow's job runner (huey consumers for GenAI "
+       "online scoring and trace archival); docker-compose.yaml turns it off (~1 GB of idle memory, unused here).",
+       ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", default_doc="MLflow's own (on)"),
     _v("MLFLOW_SERVER_ALLOWED_HOSTS", "str", None,
        "Host names the MLflow server answers (DNS-rebinding protection); set in docker-compose.yaml.",
        ("mlflow", "compose"), group=_COMPOSE, third_party="MLflow", default_doc="MLflow's own (localhost)"),

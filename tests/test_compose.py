@@ -14,8 +14,10 @@ from scoring.spec import load_specs
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = ["airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
            "airflow-worker"]
-UPSTREAM_IMAGES = {"postgres": "postgres:15", "redis": "redis:7"}  # engines used as published, not built here
-ONE_SHOT = {"db-init", "airflow-init", "mlflow-init"}  # jobs that run to completion: no healthcheck, restart "no"
+# engines used as published, not built here: the official image by default, its name overridable from .env
+UPSTREAM_IMAGES = {"postgres": ("POSTGRES_IMAGE", "postgres:15"), "redis": ("REDIS_IMAGE", "redis:7.2-bookworm")}
+# jobs that run to completion: no healthcheck, restart "no"
+ONE_SHOT = {"db-init", "airflow-init", "mlflow-init", "demo-seed"}
 # `$${X}` is compose's escape (expanded by the container's shell), not a compose variable
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
 SECRET_WORD = re.compile(r"password|secret|token|fernet|key", re.IGNORECASE)
@@ -54,8 +56,8 @@ def test_every_platform_service_is_present(services: dict[str, dict[str, Any]]) 
 
 
 def test_images_come_from_the_project_dockerfile(services: dict[str, dict[str, Any]]) -> None:
-    for name, image in UPSTREAM_IMAGES.items():
-        assert services[name]["image"].startswith(image), name
+    for name, (var, image) in UPSTREAM_IMAGES.items():
+        assert services[name]["image"] == f"${{{var}:-{image}}}", name
     for name, svc in services.items():
         if name in UPSTREAM_IMAGES:
             continue
@@ -64,8 +66,13 @@ def test_images_come_from_the_project_dockerfile(services: dict[str, dict[str, A
         # no shared env_file: each service's environment names what it uses (test_each_service_gets_only_its_secrets)
         assert not svc.get("env_file"), f"{name}: env_file {svc.get('env_file')!r} would hand it every secret"
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
-    assert "pip install -r requirements.txt" in dockerfile
+    assert re.search(r"^ARG PYTHON_BASE_IMAGE=python:3\.11-slim$", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM \$\{PYTHON_BASE_IMAGE\}$", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN pip install .*-r requirements\.txt$", dockerfile, re.MULTILINE)
+    args = services["db-init"]["build"]["args"]  # the official base and PyPI unless .env names others
+    assert args == {"PYTHON_BASE_IMAGE": "${PYTHON_BASE_IMAGE:-python:3.11-slim}",
+                    "PIP_INDEX_URL": "${PIP_INDEX_URL:-https://pypi.org/simple}",
+                    "PIP_FIND_LINKS": "${PIP_FIND_LINKS:-}", "PIP_TRUSTED_HOST": "${PIP_TRUSTED_HOST:-}"}
     assert re.search(r"^USER ", dockerfile, re.MULTILINE), "the image does not run as root"
     assert "nginx-light" in dockerfile, "the gateway runs nginx from the same image"
 
@@ -82,6 +89,10 @@ def test_long_running_services_have_healthchecks(services: dict[str, dict[str, A
     assert "/api/v2/monitor/health" in " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
     assert "ping" in " ".join(services["redis"]["healthcheck"]["test"])
     assert "inspect ping" in " ".join(services["airflow-worker"]["healthcheck"]["test"])
+    for name, svc in services.items():  # a timed-out check is killed itself, not just its shell
+        check = svc.get("healthcheck", {}).get("test", [])
+        if check and check[0] == "CMD-SHELL" and "airflow" in check[1] + name:
+            assert check[1].startswith("exec "), name
     assert "/gateway/health" in " ".join(services["gateway"]["healthcheck"]["test"])
     assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
     for model in online_models():
@@ -132,7 +143,8 @@ def test_airflow_follows_the_official_layout(compose: dict[str, Any], services: 
         env = _env(services[name])
         # Celery on Redis as in Airflow's official file (locally `make up` keeps LocalExecutor by default)
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == \
+            "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}@redis:6379/0"  # a password on the network
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("@postgres:5432/airflow")
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://")
@@ -147,6 +159,12 @@ def test_one_serving_deployment_and_worker_per_model(services: dict[str, dict[st
     from stack.gateway import compose_config
 
     gateway = compose_config(online_models(), Path("/tmp/gateway"))
+    # what stack/compose/resolver.py renders once Docker's DNS answered: the replicas' own addresses
+    resolved = compose_config(online_models(), Path("/tmp/gateway"),
+                              {"serving-churn": ["10.0.0.2", "10.0.0.3"], "airflow-apiserver": ["10.0.0.9"]})
+    assert "server 10.0.0.2:8000" in resolved and "server 10.0.0.3:8000" in resolved
+    assert "server serving-churn:8000" not in resolved and "server airflow-apiserver" not in resolved
+    assert services["gateway"]["command"] == ["python", "-m", "stack.compose.resolver"]
     routes = set()
     for model in online_models():
         app = services[f"serving-{model}"]
@@ -185,7 +203,7 @@ def test_only_the_gateway_is_published(services: dict[str, dict[str, Any]]) -> N
     ports = published(services)
     assert set(ports) == {"gateway"}, ports
     assert holds_data_or_secrets("gateway", services["gateway"]) == []
-    assert "8000:8000" in ports["gateway"]
+    assert ports["gateway"] == ["${GATEWAY_PORT:-8000}:8000", "${AIRFLOW_PORT:-8080}:8080"]
     # the check catches a planted mistake: MLflow (data, secrets from .env) published again
     planted = {**services, "mlflow": {**services["mlflow"], "ports": ["5000:5000"]}}
     assert set(published(planted)) == {"gateway", "mlflow"}
@@ -252,11 +270,14 @@ def _secret_vars() -> frozenset[str]:
 
 
 _AIRFLOW_SECRETS = {"POSTGRES_BATCH_PASSWORD", "POSTGRES_AIRFLOW_PASSWORD", "MLFLOW_AIRFLOW_PASSWORD",
-                    "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY"}
-_POSTGRES_ROLES = {f"POSTGRES_{who}_PASSWORD" for who in ("BATCH", "SERVING", "WORKER", "AIRFLOW", "MLFLOW")}
+                    "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "REDIS_PASSWORD"}
+_POSTGRES_ROLES = {f"POSTGRES_{who}_PASSWORD" for who in ("BATCH", "SERVING", "WORKER", "AIRFLOW", "MLFLOW",
+                                                           "FEATURES")}
 # What each service may hold (the secrets it uses, nothing more); a service not listed holds none.
 SECRETS_OF: dict[str, set[str]] = {
     "postgres": {"POSTGRES_PASSWORD"},
+    "redis": {"REDIS_PASSWORD"},  # its only client is Airflow's Celery
+    "demo-seed": {"POSTGRES_FEATURES_PASSWORD"},  # writes features, nothing else
     "db-init": {"POSTGRES_PASSWORD"} | _POSTGRES_ROLES,
     "mlflow": {"POSTGRES_MLFLOW_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY"},
     "mlflow-init": {"MLFLOW_ADMIN_PASSWORD", "MLFLOW_AIRFLOW_PASSWORD", "MLFLOW_SERVING_PASSWORD",
@@ -278,7 +299,7 @@ def test_each_service_gets_only_its_secrets(services: dict[str, dict[str, Any]])
         expected[f"worker-{model}"] = {"POSTGRES_WORKER_PASSWORD", "MLFLOW_WORKER_PASSWORD"}
     held = {name: secrets_held(svc) for name, svc in services.items()}
     assert {n: h for n, h in held.items() if h} == {n: e for n, e in expected.items() if e}
-    assert held.get("gateway", set()) == set() and held.get("redis", set()) == set()
+    assert held.get("gateway", set()) == set()
     # the check catches a planted mistake: the admin password handed to a serving replica
     planted = {**services["serving-churn"], "environment": {**_env(services["serving-churn"]),
                                                             "X": "${POSTGRES_PASSWORD:?x}"}}
@@ -337,3 +358,24 @@ def test_each_component_logs_in_as_its_own_role_and_user(services: dict[str, dic
     for model in online_models():  # serving starts only once its MLflow user exists
         assert services[f"serving-{model}"]["depends_on"]["mlflow-init"]["condition"] == \
             "service_completed_successfully"
+
+
+def test_the_gateway_follows_dns_and_admits_a_replica_once_ready() -> None:
+    """stack/compose/resolver.py: what the gateway routes to as Docker's DNS answers change."""
+    from stack.compose.resolver import next_addresses
+
+    ready = {"10.0.0.2", "10.0.0.3"}
+    first = next_addresses({}, {"serving-churn": ["10.0.0.2", "10.0.0.3"], "airflow-apiserver": ["10.0.0.9"]},
+                           ready.__contains__)
+    assert first == {"serving-churn": ["10.0.0.2", "10.0.0.3"], "airflow-apiserver": ["10.0.0.9"]}
+    # scaled to 3: the new replica joins only once it answers /readyz
+    scaled = {"serving-churn": ["10.0.0.2", "10.0.0.3", "10.0.0.4"], "airflow-apiserver": ["10.0.0.9"]}
+    assert next_addresses(first, scaled, ready.__contains__)["serving-churn"] == ["10.0.0.2", "10.0.0.3"]
+    ready.add("10.0.0.4")
+    assert next_addresses(first, scaled, ready.__contains__)["serving-churn"] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    # a replica gone from DNS leaves at once; no answer at all keeps the last known addresses
+    assert next_addresses(first, {"serving-churn": ["10.0.0.3"]}, ready.__contains__) == {"serving-churn": ["10.0.0.3"]}
+    assert next_addresses(first, {"serving-churn": []}, ready.__contains__) == \
+        {"serving-churn": ["10.0.0.2", "10.0.0.3"]}
+    # a fresh start where nothing is ready yet (no champion): every replica, rather than none
+    assert next_addresses({}, {"serving-churn": ["10.0.0.7"]}, lambda ip: False) == {"serving-churn": ["10.0.0.7"]}
