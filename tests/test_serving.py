@@ -428,7 +428,9 @@ def test_open_inference_protocol_with_tritonclient(served, db_url):
     meta = client.get_model_metadata(MODEL)
     assert meta["versions"] == [served["version"]]
     assert [i["name"] for i in meta["inputs"]] == spec.feature_names
-    assert {o["name"] for o in meta["outputs"]} == {"score", "label"}
+    outputs = {o["name"]: o for o in meta["outputs"]}
+    assert set(outputs) == {"score", "label", "contributions"}  # contributions: only when asked for (issue 22)
+    assert outputs["contributions"]["parameters"]["on_request"] is True
 
     frame = features_of(spec, served["day"], db_url, 20)
     frame = frame.astype({f.name: "float64" for f in spec.features if f.type == "float"})
