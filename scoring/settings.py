@@ -4,10 +4,10 @@ Each component builds a typed, frozen settings object from this registry (`load(
 dataclass fields made with `setting("NAME")`), so a variable's name, default and check live only here. A value
 that does not parse stops start-up with a SettingsError naming the variable and the value.
 
-The README's settings table and `.env.example` are generated from the registry (a test fails when they drift):
+The settings tables of docs/settings.md and `.env.example` are generated from the registry (a test fails when they drift):
 
     python -m scoring.settings --write     # rewrite both
-    python -m scoring.settings --markdown  # print the README table
+    python -m scoring.settings --markdown  # print the settings tables
     python -m scoring.settings --env-example
 
 Stdlib only: the gunicorn config, the stack and the benches import it before anything heavy.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / "README.md"
+README = REPO / "docs" / "settings.md"  # the settings tables (linked from README.md)
 ENV_EXAMPLE = REPO / ".env.example"
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 
@@ -644,7 +644,7 @@ def _type(var: Var) -> str:
 
 
 def render_markdown() -> str:
-    """The README's settings tables, one per group, in registry order."""
+    """The settings tables (docs/settings.md), one per group, in registry order."""
     lines = ["Generated from `scoring/settings.py` by `make settings`; do not edit by hand. *Read by*: the "
              "components that read (or set) it; third-party variables name the program that interprets them.",
              ""]
@@ -705,9 +705,9 @@ def readme_with_table(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Render the settings registry.")
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--markdown", action="store_true", help="print the README settings tables")
+    group.add_argument("--markdown", action="store_true", help="print the settings tables")
     group.add_argument("--env-example", action="store_true", help="print .env.example")
-    group.add_argument("--write", action="store_true", help="rewrite README.md's table and .env.example")
+    group.add_argument("--write", action="store_true", help="rewrite docs/settings.md's tables and .env.example")
     group.add_argument("--check", action="store_true", help="validate the current environment")
     args = parser.parse_args(argv)
     if args.markdown:

@@ -110,7 +110,7 @@ def test_component_settings_are_typed_from_an_env_mapping() -> None:
 
 
 def test_readme_table_and_env_example_are_generated_from_the_registry() -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = settings.README.read_text()
     assert settings.readme_with_table(readme) == readme, "README settings table drifted: run `make settings`"
     assert (REPO / ".env.example").read_text() == settings.render_env_example(), \
         ".env.example drifted: run `make settings`"
