@@ -4,7 +4,8 @@ Each component builds a typed, frozen settings object from this registry (`load(
 dataclass fields made with `setting("NAME")`), so a variable's name, default and check live only here. A value
 that does not parse stops start-up with a SettingsError naming the variable and the value.
 
-The settings tables of docs/settings.md and `.env.example` are generated from the registry (a test fails when they drift):
+The settings tables of docs/settings.md and `.env.example` are generated from the registry (a test fails when
+they drift):
 
     python -m scoring.settings --write     # rewrite both
     python -m scoring.settings --markdown  # print the settings tables
