@@ -125,7 +125,8 @@ def check_json_ints(spec: ModelSpec, doc: Any) -> None:
             split = isinstance(columns, list) and isinstance(rows, list)
             for key, value in node.items():
                 if split and key == "data":
-                    todo.extend((v, columns[j] if j < len(columns) and columns[j] in names else None)
+                    named = [c if isinstance(c, str) and c in names else None for c in columns]  # any JSON value
+                    todo.extend((v, named[j] if j < len(named) else None)
                                 for row in rows for j, v in enumerate(row if isinstance(row, list) else [row]))
                 else:
                     todo.append((value, key if key in names else name))

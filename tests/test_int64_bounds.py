@@ -168,6 +168,9 @@ def test_json_ints_are_checked_by_the_name_they_come_under() -> None:
         check_json_ints(SPEC, {"instances": [[wide]]})
     check_json_ints(SPEC, {"dataframe_records": [{"monthly_charges": 10**30, FEATURE: INT64_MAX}]})
     check_json_ints(SPEC, {"dataframe_split": {"columns": NAMES, "data": [_numeric_row(INT64_MIN)]}})
+    # columns that are not names (a fuzzer's lists and objects) name nothing: positional, still checked
+    with pytest.raises(WrongTypeError, match=f"64 bits, got {wide}"):
+        check_json_ints(SPEC, {"dataframe_split": {"columns": [[FEATURE], {"a": 1}], "data": [[wide, 1]]}})
 
 
 def test_reject_mode_keeps_the_row_beyond_the_bound() -> None:

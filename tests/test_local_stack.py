@@ -190,7 +190,8 @@ def test_up_converges_on_models_yaml(home: Path, light_serving: None, monkeypatc
         assert not any(psutil.pid_exists(second[name]) for name in spend)
         assert all(third[name] == first[name] for name in ("serving-churn-1", "worker-churn"))
         assert any("serving-spend-1: stopped" in line and "no longer served" in line for line in log), log
-        assert {row[0] for row in status_rows(cfg)} == {"postgres", "serving-churn-1", "worker-churn"}
+        assert {row[0] for row in status_rows(cfg)} == {"postgres", "serving-churn-1", "serving-churn-jobs-1",
+                                                         "worker-churn"}
     finally:
         down(cfg, out=log.append)
         print("\n".join(log))
