@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scoring.settings import REGISTRY
 from serving.auth import hash_token
-from testing.compose.engine import run, say
+from testing.compose.engine import EngineError, run, say
 from testing.compose.images import REPO, base_images, build_platform
 
 COMPOSE_FILE = REPO / "docker-compose.yaml"
@@ -84,6 +84,19 @@ class Deployment:
         self.compose("up", "-d", "--wait", "--no-build", "--pull", "never", "--wait-timeout", str(int(timeout)),
                      timeout=timeout + 60)
         return time.monotonic() - began
+
+    def wait_completed(self, service: str, timeout: float = 600) -> None:
+        """Until the one-shot `service` (started by `up`) has exited 0; EngineError if it failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [c for c in self.containers(service, all_states=True) if c["State"] == "exited"]
+            if done:
+                if done[0]["ExitCode"] != 0:
+                    raise EngineError(f"{service} exited {done[0]['ExitCode']}:\n{self.logs(service)}")
+                return
+            if time.monotonic() > deadline:
+                raise EngineError(f"{service} had not completed after {timeout:.0f}s")
+            time.sleep(1)
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False, timeout=300)
