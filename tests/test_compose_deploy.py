@@ -75,6 +75,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploym
         say(f"{project}: healthy in {TIMINGS['up -d --wait (to healthy)']:.0f}s; gateway {dep.gateway}, "
             f"Airflow {dep.airflow}")
         driven = demo.drive(dep, today, DAYS, CUSTOMERS, seeded=True)
+        memory = dep.memory_mib()
+        say(f"memory after the demo (MiB, total {sum(memory.values()):.0f}): "
+            + ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(memory.items())))
         TIMINGS.update(driven["timings"])
         yield dep, {**driven, "day": today}
     except BaseException:
