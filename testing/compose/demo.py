@@ -29,8 +29,27 @@ def seed(dep: Deployment, end: dt.date, days: int, customers: int) -> float:
     return seconds
 
 
+class PatientAirflowClient(AirflowClient):
+    """Retries a read (or an idempotent PATCH) the api-server did not answer: on a loaded 2-core host it went
+    unanswered for over 30 s while the first training tasks started (a trigger, a POST, is never repeated)."""
+
+    patience_s = 180
+
+    def _call(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> requests.Response:
+        deadline = time.monotonic() + self.patience_s
+        while True:
+            try:
+                return super()._call(method, path, ok, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if method not in ("GET", "PATCH") or time.monotonic() > deadline:
+                    raise
+                say(f"Airflow API {method} {path}: {type(exc).__name__}, retrying")
+                time.sleep(3)
+
+
 def airflow(dep: Deployment) -> AirflowClient:
-    return AirflowClient(dep.airflow, dep.env.get("AIRFLOW_ADMIN_USER", "admin"), dep.env["AIRFLOW_ADMIN_PASSWORD"])
+    return PatientAirflowClient(dep.airflow, dep.env.get("AIRFLOW_ADMIN_USER", "admin"),
+                                dep.env["AIRFLOW_ADMIN_PASSWORD"])
 
 
 def loaded_version(dep: Deployment, model: str) -> int | None:
