@@ -2,6 +2,8 @@
 
     python -m stack.healthcheck http http://localhost:8000/healthz   # 2xx within 5 s
     python -m stack.healthcheck worker                               # the async worker runs and its DB answers
+    python -m stack.healthcheck airflow-job DagProcessorJob          # this container's Airflow job heartbeats
+    python -m stack.healthcheck celery-ping                          # this container's Celery worker answers
 
 Exit 0 when healthy, 1 (with the reason on stderr) when not.
 """
@@ -41,11 +43,52 @@ def check_worker() -> str | None:
     return None
 
 
+# Airflow's own `airflow jobs check` costs seconds of CPU a call (it imports Airflow); this is one query.
+JOB_ALIVE = """SELECT 1 FROM job WHERE job_type = %s AND hostname = %s AND state = 'running'
+               AND latest_heartbeat > now() - make_interval(secs => %s) LIMIT 1"""
+
+
+def check_airflow_job(job_type: str, within_s: float = 60) -> str | None:
+    """A running `job_type` row of this host in Airflow's metadata DB with a heartbeat in the last `within_s`
+    (Airflow's own threshold is a few heartbeats; a loaded host gets more)."""
+    import socket
+
+    import psycopg
+
+    url = read("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN").replace("postgresql+psycopg://", "postgresql://", 1)
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            alive = conn.execute(JOB_ALIVE, (job_type, socket.getfqdn(), within_s)).fetchone()
+    except (ValueError, psycopg.Error) as exc:
+        return f"Airflow's database unreachable: {exc}"
+    return None if alive else f"no {job_type} of {socket.getfqdn()} heartbeating in the last {within_s:.0f}s"
+
+
+def check_celery_ping() -> str | None:
+    """`celery inspect ping -d celery@<this host>` through Airflow's broker, without importing Airflow (its app
+    costs seconds of CPU a call)."""
+    import socket
+
+    from celery import Celery
+
+    destination = f"celery@{socket.gethostname()}"
+    app = Celery(broker=read("AIRFLOW__CELERY__BROKER_URL"))
+    try:
+        answers = app.control.ping(destination=[destination], timeout=5)
+    except Exception as exc:  # noqa: BLE001 - any broker failure is an unhealthy worker, named
+        return f"broker unreachable: {exc}"
+    return None if answers else f"{destination} did not answer a ping within 5 s"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "http":
         reason = check_http(argv[1])
     elif argv == ["worker"]:
         reason = check_worker()
+    elif argv == ["celery-ping"]:
+        reason = check_celery_ping()
+    elif len(argv) == 2 and argv[0] == "airflow-job":
+        reason = check_airflow_job(argv[1])
     else:
         print(__doc__, file=sys.stderr)
         return 2

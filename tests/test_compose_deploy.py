@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,20 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploym
     dep, timings = prepare(project, tmp_path_factory.mktemp("compose") / ".env", gateway_port=base,
                            airflow_port=base + 1, platform_tag=f"msp-test/platform:{project}")
     TIMINGS.update(timings)
+    today = dt.datetime.now(dt.UTC).date()
     try:
-        TIMINGS["up -d --wait (to healthy)"] = dep.up()
+        # the features are seeded while the rest comes up (demo-seed needs only db-init's schema)
+        with ThreadPoolExecutor(1) as pool:
+            coming_up = pool.submit(dep.up)
+            dep.wait_completed("db-init")
+            TIMINGS["seed features (during up)"] = demo.seed(dep, today, DAYS, CUSTOMERS)
+            TIMINGS["up -d --wait (to healthy)"] = coming_up.result()
         say(f"{project}: healthy in {TIMINGS['up -d --wait (to healthy)']:.0f}s; gateway {dep.gateway}, "
             f"Airflow {dep.airflow}")
-        today = dt.datetime.now(dt.UTC).date()
-        driven = demo.drive(dep, today, DAYS, CUSTOMERS)
+        driven = demo.drive(dep, today, DAYS, CUSTOMERS, seeded=True)
+        memory = dep.memory_mib()
+        say(f"memory after the demo (MiB, total {sum(memory.values()):.0f}): "
+            + ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(memory.items())))
         TIMINGS.update(driven["timings"])
         yield dep, {**driven, "day": today}
     except BaseException:

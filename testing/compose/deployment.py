@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scoring.settings import REGISTRY
 from serving.auth import hash_token
-from testing.compose.engine import run, say
+from testing.compose.engine import EngineError, run, say
 from testing.compose.images import REPO, base_images, build_platform
 
 COMPOSE_FILE = REPO / "docker-compose.yaml"
@@ -85,6 +85,22 @@ class Deployment:
                      timeout=timeout + 60)
         return time.monotonic() - began
 
+    def wait_completed(self, service: str, timeout: float = 600) -> None:
+        """Until the one-shot `service` (started by `up`) has exited 0; EngineError if it failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                done = [c for c in self.containers(service, all_states=True) if c["State"] == "exited"]
+            except EngineError:  # `ps <service>` before `up` created its container
+                done = []
+            if done:
+                if done[0]["ExitCode"] != 0:
+                    raise EngineError(f"{service} exited {done[0]['ExitCode']}:\n{self.logs(service)}")
+                return
+            if time.monotonic() > deadline:
+                raise EngineError(f"{service} had not completed after {timeout:.0f}s")
+            time.sleep(1)
+
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False, timeout=300)
 
@@ -101,6 +117,19 @@ class Deployment:
              check: bool = True) -> subprocess.CompletedProcess:
         args = ["exec", "-T"] + (["--user", user] if user else []) + [service, *argv]
         return self.compose(*args, timeout=timeout, check=check)
+
+    def memory_mib(self) -> dict[str, float]:
+        """Each running container's memory now (`docker stats`), in MiB, by container name."""
+        names = [c["Name"] for c in self.containers()]
+        out = run(["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names]).stdout
+        units = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+        used = {}
+        for line in out.splitlines():
+            name, usage = line.split(" ", 1)
+            amount = usage.split(" / ")[0]
+            unit = amount[-3:]
+            used[name.removeprefix(f"{self.project}-")] = float(amount[:-3]) * units.get(unit, 1 / 1024 ** 2)
+        return used
 
     def logs(self, *services: str, tail: int = 80) -> str:
         return self.compose("logs", "--no-color", "--tail", str(tail), *services, check=False).stdout
