@@ -13,9 +13,18 @@ from __future__ import annotations
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from scoring.settings import CoreSettings
+from scoring.settings import CoreSettings, load, setting
+
+
+@dataclass(frozen=True)
+class AirflowChecks:
+    """What the Airflow containers' checks read (their own environment, as Airflow does)."""
+
+    metadata_url: str | None = setting("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    broker_url: str | None = setting("AIRFLOW__CELERY__BROKER_URL")
 
 
 def check_http(url: str) -> str | None:
@@ -55,7 +64,7 @@ def check_airflow_job(job_type: str, within_s: float = 60) -> str | None:
 
     import psycopg
 
-    url = read("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN").replace("postgresql+psycopg://", "postgresql://", 1)
+    url = (load(AirflowChecks).metadata_url or "").replace("postgresql+psycopg://", "postgresql://", 1)
     try:
         with psycopg.connect(url, connect_timeout=3) as conn:
             alive = conn.execute(JOB_ALIVE, (job_type, socket.getfqdn(), within_s)).fetchone()
@@ -72,7 +81,7 @@ def check_celery_ping() -> str | None:
     from celery import Celery
 
     destination = f"celery@{socket.gethostname()}"
-    app = Celery(broker=read("AIRFLOW__CELERY__BROKER_URL"))
+    app = Celery(broker=load(AirflowChecks).broker_url)
     try:
         answers = app.control.ping(destination=[destination], timeout=5)
     except Exception as exc:  # noqa: BLE001 - any broker failure is an unhealthy worker, named
