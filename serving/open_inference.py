@@ -20,10 +20,9 @@ import numpy as np
 from scoring.encoding import InputError
 from scoring.scorer import Contributions, Predictions
 from scoring.spec import ModelSpec
+from serving import SERVER_NAME, SERVER_VERSION  # noqa: F401  (re-exported: the protocols read them here)
 from serving.values import shown
 
-SERVER_NAME = "model-serving-platform"
-SERVER_VERSION = "0.1.0"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORM = "xgboost"
 NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,

@@ -74,14 +74,10 @@ def upstreams(reps: list[Replica]) -> dict[str, Upstreams]:
 
 
 def server_identity() -> tuple[str, str]:
-    """(name, version) of the platform, answered at /v2 as the replicas do (the installed distribution's)."""
-    from importlib.metadata import PackageNotFoundError, version
+    """(name, version) of the platform, answered at /v2 as the replicas do (one definition: serving/__init__)."""
+    from serving import SERVER_NAME, SERVER_VERSION
 
-    name = "model-serving-platform"
-    try:
-        return name, version(name)
-    except PackageNotFoundError:
-        return name, "0.1.0"
+    return SERVER_NAME, SERVER_VERSION
 
 
 def max_body_bytes(env: dict[str, str] | None = None) -> int:
