@@ -92,8 +92,10 @@ test-compose: venv
 # up`'s; deploy-demo seeds the demo features (the features role), trains both models and predicts the day.
 DEPLOY_GATEWAY_PORT ?= 18000
 DEPLOY_AIRFLOW_PORT ?= 18080
+DEPLOY_GRPC_PORT ?= 18001
 deploy-local: venv
-	$(PY) -m testing.compose up --gateway-port $(DEPLOY_GATEWAY_PORT) --airflow-port $(DEPLOY_AIRFLOW_PORT)
+	$(PY) -m testing.compose up --gateway-port $(DEPLOY_GATEWAY_PORT) --airflow-port $(DEPLOY_AIRFLOW_PORT) \
+		--grpc-port $(DEPLOY_GRPC_PORT)
 
 deploy-demo: venv
 	$(PY) -m testing.compose demo

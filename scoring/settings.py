@@ -354,6 +354,8 @@ _VARS: tuple[Var, ...] = (
     _dotenv("PIP_TRUSTED_HOST", "str", "", "Build argument: the host of a plain-HTTP index or wheelhouse.",
             third_party="pip", default_doc="unset"),
     _dotenv("GATEWAY_PORT", "port", "8000", "Host port of the gateway (every model)."),
+    _dotenv("GATEWAY_GRPC_PORT", "port", "8001", "Host port of the gateway's gRPC listener (Open Inference over "
+            "gRPC, every model: the request's `model` metadata names it)."),
     _dotenv("POSTGRES_USER", "str", None, "PostgreSQL role (one server: databases serving, mlflow, airflow).",
             example="platform", default_doc="required"),
     _dotenv("POSTGRES_PASSWORD", "str", None, "Its password (URL-safe characters).", secret=True,

@@ -191,17 +191,22 @@ def start_standalone(routes: Mapping[str, Upstreams | list[str]], port: int, wor
 
 # --- the container deployment ------------------------------------------------------------------------------
 
+COMPOSE_GRPC_PORT = 8001  # docker-compose.yaml: each serving replica's SERVING_GRPC_PORT, the gateway's gRPC port
+
+
 def compose_config(models: list[str], workdir: Path, addresses: dict[str, list[str]] | None = None) -> str:
     """docker-compose.yaml's gateway: each model's service name resolves to all its replicas (compose's DNS), its
-    job routes to serving-<m>-jobs, stub_status on :8081 (not published; Prometheus' nginx exporter scrapes it),
-    Airflow's UI on :8080. `addresses`: service name -> the IPs to use instead of the name
-    (stack/compose/resolver.py re-resolves)."""
+    job routes to serving-<m>-jobs, gRPC on :8001 to the replicas' :8001, stub_status on :8081 (not published;
+    Prometheus' nginx exporter scrapes it), Airflow's UI on :8080. `addresses`: service name -> the IPs to use
+    instead of the name (stack/compose/resolver.py re-resolves)."""
     def at(service: str, port: int) -> list[str]:
         return [f"{ip}:{port}" for ip in (addresses or {}).get(service) or [service]]
 
-    return render({m: Upstreams(at(f"serving-{m}", 8000), at(f"serving-{m}-jobs", 8000)) for m in models},
+    return render({m: Upstreams(at(f"serving-{m}", 8000), at(f"serving-{m}-jobs", 8000),
+                                at(f"serving-{m}", COMPOSE_GRPC_PORT)) for m in models},
                   "0.0.0.0:8000", workdir, "/dev/stdout",
                   status_listen="0.0.0.0:8081", passthrough={"0.0.0.0:8080": at("airflow-apiserver", 8080)[0]},
+                  grpc_listen=f"0.0.0.0:{COMPOSE_GRPC_PORT}", server=server_identity(),
                   body_limit=max_body_bytes(), read_timeout_s=int(os.environ.get("SERVING_TIMEOUT_S") or "60"))
 
 

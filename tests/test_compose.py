@@ -156,7 +156,7 @@ def test_airflow_follows_the_official_layout(compose: dict[str, Any], services: 
 
 
 def test_one_serving_deployment_and_worker_per_model(services: dict[str, dict[str, Any]]) -> None:
-    from stack.gateway import compose_config
+    from stack.gateway import COMPOSE_GRPC_PORT, compose_config
 
     gateway = compose_config(online_models(), Path("/tmp/gateway"))
     # what stack/compose/resolver.py renders once Docker's DNS answered: the replicas' own addresses
@@ -178,6 +178,9 @@ def test_one_serving_deployment_and_worker_per_model(services: dict[str, dict[st
         jobs = services[f"serving-{model}-jobs"]
         assert _env(jobs)["SERVING_MODEL"] == model and int(_env(jobs)["SERVING_THREADS"]) > 1
         assert f"upstream jobs_{model} {{\n        server serving-{model}-jobs:8000" in gateway
+        # gRPC: the gateway's :8001 to the replicas' gRPC servers, on the port the gateway's config expects
+        assert int(_env(app)["SERVING_GRPC_PORT"]) == COMPOSE_GRPC_PORT
+        assert f"upstream grpc_{model} {{\n        server serving-{model}:{COMPOSE_GRPC_PORT}" in gateway
         routes.add(f"/models/{model}/")
         worker = services[f"worker-{model}"]
         assert worker["command"] == ["python", "-m", "serving.worker"]
@@ -203,7 +206,8 @@ def test_only_the_gateway_is_published(services: dict[str, dict[str, Any]]) -> N
     ports = published(services)
     assert set(ports) == {"gateway"}, ports
     assert holds_data_or_secrets("gateway", services["gateway"]) == []
-    assert ports["gateway"] == ["${GATEWAY_PORT:-8000}:8000", "${AIRFLOW_PORT:-8080}:8080"]
+    assert ports["gateway"] == ["${GATEWAY_PORT:-8000}:8000", "${AIRFLOW_PORT:-8080}:8080",
+                                "${GATEWAY_GRPC_PORT:-8001}:8001"]
     # the check catches a planted mistake: MLflow (data, secrets from .env) published again
     planted = {**services, "mlflow": {**services["mlflow"], "ports": ["5000:5000"]}}
     assert set(published(planted)) == {"gateway", "mlflow"}

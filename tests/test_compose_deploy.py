@@ -59,10 +59,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploym
     engine.ensure_packages()
     dockerd = engine.start_dockerd()
     engine.ensure_compose()
-    base = free_run(2)
+    base = free_run(3)
     project = f"msp-test-{uuid.uuid4().hex[:8]}"
     dep, timings = prepare(project, tmp_path_factory.mktemp("compose") / ".env", gateway_port=base,
-                           airflow_port=base + 1, platform_tag=f"msp-test/platform:{project}")
+                           airflow_port=base + 1, grpc_port=base + 2, platform_tag=f"msp-test/platform:{project}")
     TIMINGS.update(timings)
     today = dt.datetime.now(dt.UTC).date()
     try:
@@ -206,6 +206,31 @@ def test_mlflow_invocations_and_open_inference_through_the_gateway(deployed) -> 
     assert requests.get(f"{dep.gateway}/v2/models/spend/ready", timeout=10).status_code == 200
 
 
+def test_open_inference_over_grpc_through_the_gateway(deployed) -> None:
+    """tritonclient.grpc at the gateway's published gRPC port: the model named in the `model` metadata, the token
+    in `authorization`; the same scores as the REST path, and a missing token is UNAUTHENTICATED."""
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+
+    from testing.oip_client import triton_inputs
+
+    dep, driven = deployed
+    spec = load_specs()["churn"]
+    records = [record("churn", driven["day"], e) for e in (ENTITY, ENTITY + 1, ENTITY + 2)]
+    live = requests.post(f"{dep.gateway}/v1/models/churn/predict", json={"records": records}, headers=auth(dep),
+                         timeout=10).json()
+    features = [{k: v for k, v in r.items() if k != spec.source.entity_key} for r in records]
+    with tg.InferenceServerClient(dep.grpc) as client:
+        signed = {"model": "churn", "authorization": f"Bearer {dep.token}"}
+        assert client.is_server_live() and client.is_model_ready("churn", headers=signed)
+        result = client.infer("churn", triton_inputs(spec, features), headers=signed)
+        got = [float(x) for x in result.as_numpy("score")]
+        assert got == pytest.approx([p["score"] for p in live["predictions"]], rel=1e-6)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("churn", triton_inputs(spec, features), headers={"model": "churn"})
+        assert caught.value.status() == "StatusCode.UNAUTHENTICATED", caught.value
+
+
 # --- the deployment's promises -------------------------------------------------------------------------------
 
 def _published(dep: Deployment) -> dict[str, set[int]]:
@@ -225,8 +250,9 @@ def _connects(host: str, port: int) -> bool:
 
 def test_only_the_gateway_is_published(deployed) -> None:
     dep, _ = deployed
-    assert _published(dep) == {"gateway": {8000, 8080}}, _published(dep)
+    assert _published(dep) == {"gateway": {8000, 8001, 8080}}, _published(dep)
     assert _connects("127.0.0.1", int(dep.env["GATEWAY_PORT"]))
+    assert _connects("127.0.0.1", int(dep.env["GATEWAY_GRPC_PORT"]))
     assert _connects("127.0.0.1", int(dep.env["AIRFLOW_PORT"]))
     # the data ports exist inside (the containers listen) but no host port leads to them
     for c in dep.containers():

@@ -23,15 +23,16 @@ def existing() -> Deployment:
     return Deployment(PROJECT, ENV_FILE, read_env(ENV_FILE))
 
 
-def up(gateway_port: int, airflow_port: int) -> None:
+def up(gateway_port: int, airflow_port: int, grpc_port: int) -> None:
     engine.ensure_packages()
     engine.start_dockerd()  # left running with the deployment
     engine.ensure_compose()
     dep, timings = prepare(PROJECT, ENV_FILE, gateway_port=gateway_port, airflow_port=airflow_port,
-                           platform_tag=IMAGE, keep_env=True)
+                           grpc_port=grpc_port, platform_tag=IMAGE, keep_env=True)
     seconds = dep.up()
     print(f"\n{PROJECT} is up (healthy in {seconds:.0f}s; image build {timings['platform image build']:.0f}s)\n"
           f"  gateway:  {dep.gateway}   (every model: /v1/models/<m>/..., /v2/..., /models/<m>/invocations)\n"
+          f"  gRPC:     {dep.grpc}   (Open Inference; metadata model=<m> and authorization=Bearer <token>)\n"
           f"  token:    {dep.token}   (curl -H 'Authorization: Bearer <token>')\n"
           f"  Airflow:  {dep.airflow}   (login {dep.env['AIRFLOW_ADMIN_USER']} / {dep.env['AIRFLOW_ADMIN_PASSWORD']})\n"
           f"  compose:  docker compose -p {PROJECT} --env-file {ENV_FILE} ps\n"
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("up")
     start.add_argument("--gateway-port", type=int, default=18000)
     start.add_argument("--airflow-port", type=int, default=18080)
+    start.add_argument("--grpc-port", type=int, default=18001)
     seed = sub.add_parser("demo")
     seed.add_argument("--days", type=int, default=35)
     seed.add_argument("--customers", type=int, default=20_000)
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.add_argument("--volumes", action="store_true", help="also delete the data (compose down -v)")
     args = parser.parse_args(argv)
     if args.command == "up":
-        up(args.gateway_port, args.airflow_port)
+        up(args.gateway_port, args.airflow_port, args.grpc_port)
     elif args.command == "demo":
         done = demo.drive(existing(), dt.datetime.now(dt.UTC).date(), args.days, args.customers)
         print(f"demo: {done['versions']} served; {', '.join(f'{k} {v:.0f}s' for k, v in done['timings'].items())}")

@@ -21,7 +21,8 @@ COMPOSE_FILE = REPO / "docker-compose.yaml"
 TOKEN_CLIENT = "compose-client"
 
 
-def new_env(*, gateway_port: int, airflow_port: int, images: dict[str, str], platform_image: str) -> dict[str, str]:
+def new_env(*, gateway_port: int, airflow_port: int, grpc_port: int, images: dict[str, str],
+            platform_image: str) -> dict[str, str]:
     """A `.env` as a team would write it: every secret compose takes from `.env` a fresh random value, one client
     token (its hash in SERVING_TOKENS; the token itself under DEPLOY_CLIENT_TOKEN, read by the drivers only)."""
     env: dict[str, str] = {}
@@ -32,7 +33,8 @@ def new_env(*, gateway_port: int, airflow_port: int, images: dict[str, str], pla
     token = secrets.token_urlsafe(32)
     env["SERVING_TOKENS"] = f"{TOKEN_CLIENT}:{hash_token(token)}:*"
     env.update(POSTGRES_USER="platform", AIRFLOW_ADMIN_USER="admin", GATEWAY_PORT=str(gateway_port),
-               AIRFLOW_PORT=str(airflow_port), PLATFORM_IMAGE=platform_image, **images)
+               AIRFLOW_PORT=str(airflow_port), GATEWAY_GRPC_PORT=str(grpc_port), PLATFORM_IMAGE=platform_image,
+               **images)
     env["DEPLOY_CLIENT_TOKEN"] = token
     return env
 
@@ -61,6 +63,10 @@ class Deployment:
     @property
     def airflow(self) -> str:
         return f"http://127.0.0.1:{self.env['AIRFLOW_PORT']}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.env['GATEWAY_GRPC_PORT']}"
 
     @property
     def token(self) -> str:
@@ -135,7 +141,8 @@ class Deployment:
         return self.compose("logs", "--no-color", "--tail", str(tail), *services, check=False).stdout
 
 
-def prepare(project: str, env_file: Path, *, gateway_port: int, airflow_port: int, platform_tag: str,
+def prepare(project: str, env_file: Path, *, gateway_port: int, airflow_port: int, grpc_port: int,
+            platform_tag: str,
             keep_env: bool = False) -> tuple[Deployment, dict[str, float]]:
     """The images (official or stand-ins) and the platform image built, the `.env` written (kept when
     `keep_env` and it exists: the volumes hold the passwords set at first start); returns timings."""
@@ -147,9 +154,10 @@ def prepare(project: str, env_file: Path, *, gateway_port: int, airflow_port: in
     say(f"platform image {platform_tag} built in {timings['platform image build']:.0f}s")
     if keep_env and env_file.exists():
         env = read_env(env_file)
+        env.setdefault("GATEWAY_GRPC_PORT", str(grpc_port))  # a .env made before the gateway spoke gRPC
         env.update(images.env, PLATFORM_IMAGE=platform_tag)
     else:
-        env = new_env(gateway_port=gateway_port, airflow_port=airflow_port, images=images.env,
+        env = new_env(gateway_port=gateway_port, airflow_port=airflow_port, grpc_port=grpc_port, images=images.env,
                       platform_image=platform_tag)
     write_env(env_file, env)
     return Deployment(project, env_file, env), timings
