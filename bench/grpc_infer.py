@@ -3,14 +3,16 @@
 wrk speaks no HTTP/2 and ghz is not packaged for Debian, so both protocols are driven by the same Python
 load generator: PROCESSES client processes, each one request in flight at a time, for `duration` seconds, every
 body built once before the run (REST: a JSON 2-D FP32 tensor; gRPC: the serialized ModelInferRequest with the
-same tensor as raw_input_contents), responses read but not parsed. REST goes to the replica's gunicorn port
-(sync workers close every connection, so each REST request pays a loopback connect, as a wrk run does); gRPC
-keeps one HTTP/2 channel per client process. One replica (the bench's SERVING_WORKERS) serves both, with its
-gRPC server in every worker (serving/grpc/server.py). Client and server share the 2 cores: both figures are
-lower than a C load generator would measure, by the same client's cost.
+same tensor as raw_input_contents), responses read but not parsed. REST keeps one keep-alive connection per
+client process (nginx keeps it; the replica's sync workers close theirs, so direct REST pays a loopback connect
+a request, as a wrk run does); gRPC keeps one HTTP/2 channel per client process. One replica (the bench's
+SERVING_WORKERS) serves both, with its gRPC server in every worker (serving/grpc/server.py). Client and server
+share the 2 cores: both figures are lower than a C load generator would measure, by the same client's cost.
 
-Rows: `rest-1`, `grpc-1` (one row a request) and `grpc-100` (100 rows a request; rows/s = req/s x 100).
-Targets (issue 20): grpc-1 >= 1.0x rest-1; grpc-100 rows/s >= 10x grpc-1 rows/s.
+Rows, each directly at the replica and through the gateway (`gw-`: a real nginx as `make up` renders it, REST
+to the replica's Unix socket, gRPC by grpc_pass over HTTP/2, the model named in the `model` metadata): `rest-1`,
+`grpc-1` (one row a request) and `grpc-100` (100 rows a request; rows/s = req/s x 100).
+Targets (issue 20), through the gateway: gw-grpc-1 >= 1.0x gw-rest-1; gw-grpc-100 rows/s >= 10x gw-grpc-1's.
 """
 
 from __future__ import annotations
@@ -75,16 +77,18 @@ def _rest_client(target: tuple[str, int, str], body: bytes, until: float, out: A
     out.put((lat, errors))
 
 
-def _grpc_client(target: str, body: bytes, until: float, out: Any) -> None:
+def _grpc_client(target: tuple[str, str], body: bytes, until: float, out: Any) -> None:
     import grpc
 
-    with grpc.insecure_channel(target) as channel:
+    address, model = target
+    with grpc.insecure_channel(address) as channel:
         call = channel.unary_unary(_METHOD, request_serializer=None, response_deserializer=None)
+        metadata = (("model", model),)  # the gateway routes by it; a replica ignores it
         lat, errors = [], 0
         while time.perf_counter() < until:
             t0 = time.perf_counter()
             try:
-                call(body, timeout=10)
+                call(body, timeout=10, metadata=metadata)
                 ok = True
             except grpc.RpcError:
                 ok = False
@@ -129,12 +133,23 @@ def _warm_then_run(fn: Any, target: Any, body: bytes, duration: float, ready: An
     fn(target, body, time.perf_counter() + duration, out)
 
 
-def scenario(model: str, http_port: int, grpc_port: int, one: np.ndarray, hundred: np.ndarray,
-             duration: float, rounds: int = 1) -> list[Run]:
-    """rest-1, grpc-1 and grpc-100 against one replica, round-robin for `rounds`, best run of each kept."""
-    runs = [("rest-1", "rest", ("127.0.0.1", http_port, f"/v2/models/{model}/infer"), rest_body(one), 1),
-            ("grpc-1", "grpc", f"127.0.0.1:{grpc_port}", grpc_body(model, one), 1),
-            ("grpc-100", "grpc", f"127.0.0.1:{grpc_port}", grpc_body(model, hundred), len(hundred))]
+@dataclass(frozen=True)
+class Door:
+    """Where the scenario's clients go: a REST (host:port) and a gRPC address; `prefix` names its rows."""
+
+    prefix: str
+    http: tuple[str, int]
+    grpc: str
+
+
+def scenario(model: str, doors: list[Door], one: np.ndarray, hundred: np.ndarray, duration: float,
+             rounds: int = 1) -> list[Run]:
+    """rest-1, grpc-1 and grpc-100 at each door, round-robin for `rounds`, the best run of each kept."""
+    runs = []
+    for door in doors:
+        runs += [(f"{door.prefix}rest-1", "rest", (*door.http, f"/v2/models/{model}/infer"), rest_body(one), 1),
+                 (f"{door.prefix}grpc-1", "grpc", (door.grpc, model), grpc_body(model, one), 1),
+                 (f"{door.prefix}grpc-100", "grpc", (door.grpc, model), grpc_body(model, hundred), len(hundred))]
     tries: dict[str, list[Run]] = {}
     for rnd in range(1, rounds + 1):
         for name, kind, target, body, rows in runs:
@@ -151,14 +166,19 @@ def scenario(model: str, http_port: int, grpc_port: int, one: np.ndarray, hundre
 def report(runs: list[Run]) -> str:
     """The scenario's table and its target line; returns the figures for the bench's last line."""
     by = {r.name: r for r in runs}
-    print(f"\ngRPC vs REST /v2 infer, one replica, {PROCESSES} Python client processes (the same client for both)")
+    door = "gw-" if "gw-grpc-1" in by else ""  # the targets are judged through the gateway when it ran
+    print(f"\ngRPC vs REST /v2 infer, one replica, direct and through the gateway (gw-), {PROCESSES} Python client "
+          f"processes (the same client for both)")
     print(f"{'run':<12} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'requests':>9}")
     for r in runs:
         print(f"{r.name:<12} {r.rps:>9.0f} {r.rows_per_s:>10.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7} "
               f"{r.requests:>9}")
-    one = by["grpc-1"].rps / by["rest-1"].rps
-    hundred = by["grpc-100"].rows_per_s / by["grpc-1"].rows_per_s
-    print(f"grpc targets: grpc-1 {one:.2f}x rest-1 (target >= 1.0: {'met' if one >= 1.0 else 'MISSED'}); "
-          f"grpc-100 rows/s {hundred:.1f}x grpc-1 (target >= 10: {'met' if hundred >= 10 else 'MISSED'}); "
-          f"errors {sum(r.errors for r in runs)}")
+    one = by[f"{door}grpc-1"].rps / by[f"{door}rest-1"].rps
+    hundred = by[f"{door}grpc-100"].rows_per_s / by[f"{door}grpc-1"].rows_per_s
+    print(f"grpc targets: {door}grpc-1 {one:.2f}x {door}rest-1 (target >= 1.0: {'met' if one >= 1.0 else 'MISSED'});"
+          f" {door}grpc-100 rows/s {hundred:.1f}x {door}grpc-1 (target >= 10: {'met' if hundred >= 10 else 'MISSED'});"
+          f" errors {sum(r.errors for r in runs)}")
+    if door and "grpc-1" in by:
+        print(f"  the gateway's tax: rest-1 {by['gw-rest-1'].rps / by['rest-1'].rps:.2f}x direct, grpc-1 "
+              f"{by['gw-grpc-1'].rps / by['grpc-1'].rps:.2f}x direct")
     return f"grpc_1row_vs_rest={one:.2f} grpc_100row_rows_vs_1row={hundred:.1f}"

@@ -19,7 +19,8 @@ Side by side, in one run, under the same gunicorn settings (serving/gunicorn.con
   gw-live-tcp, gw-lookup-tcp   the same through a second gateway reaching that app over loopback TCP (the A/B)
   gw-live-slow8        gw-live with 8 slow clients held open (headers and part of a body, a byte every 2 s)
   rest-1, grpc-1, grpc-100  REST /v2 infer and gRPC ModelInfer (1 and 100 rows) on one replica, the same Python
-                       load generator for both (bench/grpc_infer.py; --skip-grpc leaves them out)
+                       load generator for both (bench/grpc_infer.py; --skip-grpc leaves them out); gw-rest-1,
+                       gw-grpc-1, gw-grpc-100 the same through a gateway's REST and gRPC listeners (the targets)
 
 By default it starts its own PostgreSQL, MLflow server and trained model (testing/platform.py) under a temp dir
 and removes them after;
@@ -373,16 +374,25 @@ def main(argv: list[str] | None = None) -> int:
             check_ok("POST", f"{ml_url}/v2/models/{MODEL}/infer", oip_bodies[0])
             targets.append(("mlserver", ml_url, lua_post(f"/v2/models/{MODEL}/infer", oip_bodies)))
 
-        grpc_replica = None
-        if not args.skip_grpc:  # one replica serving REST /v2 and gRPC (bench/grpc_infer.py)
+        grpc_doors = []
+        if not args.skip_grpc:  # one replica serving REST /v2 and gRPC, and a gateway for both (bench/grpc_infer.py)
+            from bench.grpc_infer import Door
+            from stack.gateway import Upstreams
             from testing.servers import wait_grpc
 
-            grpc_replica = (free_port(), free_port())
-            platform.gunicorn(MODEL, grpc_replica[0], "serving.app:create_app()",
-                              {**env, "SERVING_GRPC_PORT": str(grpc_replica[1])})
-            wait_workers_loaded(f"http://127.0.0.1:{grpc_replica[0]}", BenchSettings.from_env().serving_workers,
-                                version)
-            wait_grpc(f"127.0.0.1:{grpc_replica[1]}", 60, "gRPC replica")
+            http_port, grpc_port, gw_http, gw_grpc = free_port(), free_port(), free_port(), free_port()
+            grpc_socket = root / "grpc-replica.sock"
+            platform.gunicorn(MODEL, http_port, "serving.app:create_app()",
+                              {**env, "SERVING_GRPC_PORT": str(grpc_port),
+                               "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{http_port} --bind unix:{grpc_socket}"})
+            wait_workers_loaded(f"http://127.0.0.1:{http_port}", BenchSettings.from_env().serving_workers, version)
+            wait_grpc(f"127.0.0.1:{grpc_port}", 60, "gRPC replica")
+            procs.append(start_standalone({MODEL: Upstreams([f"unix:{grpc_socket}"],
+                                                            grpc=[f"127.0.0.1:{grpc_port}"])},
+                                          gw_http, root / "gateway-grpc", root / "gw-grpc.log", grpc_port=gw_grpc))
+            wait_grpc(f"127.0.0.1:{gw_grpc}", 60, "the gateway's gRPC listener")
+            grpc_doors = [Door("", ("127.0.0.1", http_port), f"127.0.0.1:{grpc_port}"),
+                          Door("gw-", ("127.0.0.1", gw_http), f"127.0.0.1:{gw_grpc}")]
 
         if own_stack:
             # Every target has its model in memory now; the registry is on no request path. Our own tracking
@@ -406,10 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             r.errors = all_errors[name]  # errors are counted over every run, not only the best
 
         grpc_figures = ""
-        if grpc_replica is not None:
+        if grpc_doors:
             from bench import grpc_infer
 
-            grpc_runs = grpc_infer.scenario(MODEL, *grpc_replica, matrix[:1], matrix[:100], args.duration, args.rounds)
+            grpc_runs = grpc_infer.scenario(MODEL, grpc_doors, matrix[:1], matrix[:100], args.duration, args.rounds)
 
         print(f"\nbest of {args.rounds} round(s), {args.duration}s each, {CONNECTIONS} connections, "
               "one row per request")
@@ -448,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"; fastest peer {best_peer} ({peers.get(best_peer, float('nan')):.0f} req/s); "
               f"live/floor-flask={live.rps / flask_floor.rps:.2f} live/floor-wsgi={live.rps / wsgi_floor.rps:.2f} "
               f"live/ceiling={live.rps / ceiling.rps:.2f} lookup/ceiling={lookup_ratio:.2f}")
-        if grpc_replica is not None:
+        if grpc_doors:
             grpc_figures = " " + grpc_infer.report(grpc_runs)
         targets = {"live >= 3x the fastest peer": vs_best >= 3,
                    "live >= 0.9x floor-flask": live.rps >= 0.9 * flask_floor.rps,

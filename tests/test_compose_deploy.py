@@ -18,6 +18,7 @@ import datetime as dt
 import math
 import os
 import secrets
+import signal
 import socket
 import time
 import uuid
@@ -28,6 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from scoring.encoding import encode
 from scoring.spec import load_specs
 from testing.compose import demo, engine, rollout
 from testing.compose.deployment import Deployment, prepare, write_env
@@ -192,8 +194,11 @@ def test_mlflow_invocations_and_open_inference_through_the_gateway(deployed) -> 
     features = {k: v for k, v in rec.items() if k != spec.source.entity_key}
     live = requests.post(f"{dep.gateway}/v1/models/spend/predict", json={"records": [rec]}, headers=auth(dep),
                          timeout=10).json()["predictions"][0]
-    inv = requests.post(f"{dep.gateway}/models/spend/invocations", json={"dataframe_records": [features]},
-                        headers=auth(dep), timeout=10)
+    # MLflow's scoring protocol takes the model's signature: the encoded matrix (category codes), as MLflow's own
+    # `models serve` would for this artifact
+    matrix = encode(spec, [features]).matrix.astype("float64").tolist()
+    inv = requests.post(f"{dep.gateway}/models/spend/invocations", headers=auth(dep), timeout=10,
+                        json={"dataframe_split": {"columns": list(spec.feature_names), "data": matrix}})
     assert inv.status_code == 200, inv.text
     assert math.isclose(inv.json()["predictions"][0], live["prediction"], rel_tol=1e-6), (inv.json(), live)
     kinds = {"category": "BYTES", "int": "INT64", "float": "FP64"}
@@ -315,12 +320,15 @@ def _side_effect_free(dep: Deployment, day: dt.date) -> list:
                                json={"records": [record(m, day)]})) for m in online_models()]
 
 
-def test_killing_a_serving_container_under_load_fails_no_request(deployed) -> None:
+def test_a_crashed_serving_container_under_load_fails_no_request(deployed) -> None:
+    """The replica's main process (gunicorn's master) SIGKILLed from the host, as a crash would: `docker kill`
+    counts as a manual stop, after which Docker's restart policy does not restart the container."""
     dep, driven = deployed
     victim = rollout.names(dep, "serving-churn")[0]
+    pid = int(run(["docker", "inspect", "--format", "{{.State.Pid}}", victim]).stdout)
     with load(_side_effect_free(dep, driven["day"])) as report:
         time.sleep(3)
-        run(["docker", "kill", victim])
+        os.kill(pid, signal.SIGKILL)
         time.sleep(8)
     say(f"kill {victim}: {report.summary()}")
     assert report.ok > 50 and not report.failures, report.summary()
