@@ -377,6 +377,10 @@ def test_the_gateway_follows_dns_and_admits_a_replica_once_ready() -> None:
     assert next_addresses(first, scaled, ready.__contains__)["serving-churn"] == ["10.0.0.2", "10.0.0.3"]
     ready.add("10.0.0.4")
     assert next_addresses(first, scaled, ready.__contains__)["serving-churn"] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    # a replica restarted in place (same address) leaves while it loads its model, and comes back once ready
+    ready.discard("10.0.0.3")
+    assert next_addresses(first, first, ready.__contains__)["serving-churn"] == ["10.0.0.2"]
+    ready.add("10.0.0.3")
     # a replica gone from DNS leaves at once; no answer at all keeps the last known addresses
     assert next_addresses(first, {"serving-churn": ["10.0.0.3"]}, ready.__contains__) == {"serving-churn": ["10.0.0.3"]}
     assert next_addresses(first, {"serving-churn": []}, ready.__contains__) == \

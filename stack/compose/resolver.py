@@ -4,9 +4,12 @@ nginx 1.22 resolves an upstream's host name once, at start: replicas added by `d
 replaced with a new address by a rolling upgrade, would never get traffic until the gateway restarted. This
 process runs nginx as its child and, every POLL_S, asks Docker's DNS for each service's addresses; when they
 change it rewrites the config with the addresses themselves (stack/gateway.py compose_config) and reloads nginx
-gracefully (SIGHUP: old workers finish what they hold). A new replica joins only once it answers /readyz, so no
-request goes to one still loading its model; one gone from DNS leaves at once (until then nginx's passive checks
-and retries cover it). With no answer for a service, the last known addresses are kept.
+gracefully (SIGHUP: old workers finish what they hold). A replica is routed only while it answers /readyz, asked
+of every address on every poll: a new one joins once its model is loaded, and one that crashed and was restarted
+in place by Docker's restart policy (the same address, back in DNS before a poll could miss it) leaves while its
+gunicorn, listening already, loads the model: the compose test saw lookups sent to it wait 20 s there. One gone
+from DNS leaves at once (until then nginx's passive checks and retries cover it). With no answer for a service,
+or none of its replicas ready (a fresh start before the first champion), the last known addresses are kept.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from stack.gateway import CONF_NAME, GatewayError, compose_config, ensure_nginx, reload
 
-POLL_S = 1.0
+POLL_S = 0.5  # a crashed replica is seen gone (refused) before its restarted gunicorn listens again (~1 s)
 ROUTING = "routing.json"
 APISERVER = "airflow-apiserver"
 
@@ -48,16 +52,18 @@ def ready(ip: str, port: int = 8000) -> bool:
 
 def next_addresses(current: dict[str, list[str]], answers: dict[str, list[str]],
                    is_ready: Callable[[str], bool]) -> dict[str, list[str]]:
-    """The addresses to route to: each service's DNS answers, where an address not routed yet joins only once
-    ready (serving replicas; Airflow's api-server joins as DNS names it); no answer keeps the current list."""
+    """The addresses to route to: each service's DNS answers that are ready now (serving replicas; Airflow's
+    api-server as DNS names it); no answer, or none ready, keeps the current list (else every answer)."""
+    gated = sorted({ip for service, found in answers.items() if service != APISERVER for ip in found})
+    with ThreadPoolExecutor(max(1, min(16, len(gated)))) as pool:  # one slow replica does not hold up the poll
+        readiness = dict(zip(gated, pool.map(is_ready, gated), strict=True))
     out: dict[str, list[str]] = {}
     for service, found in answers.items():
         known = current.get(service, [])
         if not found:
             out[service] = known
             continue
-        gated = service != APISERVER
-        chosen = [ip for ip in found if ip in known or not gated or is_ready(ip)]
+        chosen = [ip for ip in found if service == APISERVER or readiness[ip]]
         out[service] = chosen or known or found
     return out
 
