@@ -34,9 +34,20 @@ def wait_routed(dep: Deployment, service: str, ips: set[str], timeout: float = 1
     deadline = time.monotonic() + timeout
     while set(routed(dep).get(service, [])) != ips:
         if time.monotonic() > deadline:
+            changes = [ln for ln in dep.logs("gateway", tail=400).splitlines() if "gateway: " in ln][-8:]
             raise EngineError(f"the gateway routes {service} to {routed(dep).get(service)}, not {sorted(ips)}, "
-                              f"after {timeout:.0f}s")
+                              f"after {timeout:.0f}s; /readyz from the gateway: {readiness(dep, ips)}; its last "
+                              "routing changes:\n" + "\n".join(changes))
         time.sleep(1)
+
+
+def readiness(dep: Deployment, ips: set[str]) -> dict[str, str]:
+    """Each address's /readyz as the gateway's container sees it (status and the start of the body)."""
+    probe = ("import sys, urllib.request\n"
+             "try: r = urllib.request.urlopen(f'http://{sys.argv[1]}:8000/readyz', timeout=5); "
+             "print(r.status, r.read(200).decode())\n"
+             "except Exception as e: print(type(e).__name__, str(getattr(e, 'read', lambda: b'')()[:200]) or e)\n")
+    return {ip: dep.exec("gateway", "python", "-c", probe, ip, check=False).stdout.strip() for ip in sorted(ips)}
 
 
 def names(dep: Deployment, service: str) -> list[str]:
