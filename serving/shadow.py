@@ -56,12 +56,13 @@ class OnlineShadow:
     """One model's online shadow: a challenger holder and the pass loop (a daemon thread of the async worker)."""
 
     def __init__(self, spec: ModelSpec, url: str, holder: ModelHolder, *, interval_s: float,
-                 max_rows: int = 20_000) -> None:
+                 max_rows: int = 20_000, lag_s: float = LAG_S) -> None:
         self.spec = spec
         self.url = url
         self.holder = holder  # ref=challenger, allow_ungated=True: shadow only
         self.interval_s = interval_s
         self.max_rows = max_rows
+        self.lag_s = lag_s
         self.scored = 0  # rows written by this process (tests, logs)
         self._lock_key = zlib.crc32(f"online-shadow:{spec.name}".encode())
         self._stop = threading.Event()
@@ -116,7 +117,7 @@ class OnlineShadow:
         if since is None:
             since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=_START_BACK_S)
         version = int(scorer.version) if str(scorer.version).isdigit() else None
-        rows = conn.execute(_PENDING, (self.spec.name, SHADOW_ROUTE, since.date(), since, LAG_S, version,
+        rows = conn.execute(_PENDING, (self.spec.name, SHADOW_ROUTE, since.date(), since, self.lag_s, version,
                                        self.max_rows)).fetchall()
         if len(rows) == self.max_rows and rows[0][0] != rows[-1][0]:  # a full page: leave its last instant whole
             rows = [r for r in rows if r[0] != rows[-1][0]]
