@@ -60,7 +60,14 @@ def launch(cfg: StackConfig, svc: Service) -> tuple[subprocess.Popen, PidRecord]
 
 def fingerprint(spec: object, svc: Service) -> str:
     """What a model's process was started with: its parsed models.yaml entry, its command and its port.
-    A changed entry (or a port moved by a removed model before it) means the process serves something stale."""
+    A changed entry (or a port moved by a removed model before it) means the process serves something stale.
+    The `rollout:` limits are left out: only the rollout watcher reads them, afresh every tick."""
+    import dataclasses
+
+    from scoring.spec import ModelSpec, RolloutConfig
+
+    if isinstance(spec, ModelSpec):
+        spec = dataclasses.replace(spec, rollout=RolloutConfig())
     text = json.dumps([repr(spec), svc.argv, svc.port])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

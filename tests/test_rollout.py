@@ -34,6 +34,7 @@ from scoring import rollout
 from stack.config import StackConfig
 from stack.gateway import canary_replicas, read_splits, replicas
 from stack.up import down, up
+from testing.model_copy import register_copy
 from testing.ports import free_run
 
 pytestmark = pytest.mark.integration
@@ -58,16 +59,6 @@ class Rollout:
     @property
     def url(self) -> str:
         return f"{self.cfg.gateway_url}/v1/models/{MODEL}/predict"
-
-
-def _register_copy(mc, version: str) -> str:  # noqa: ANN001 - an MlflowClient
-    """The champion's artifact as a new version (the same booster: approved as the champion was)."""
-    source = mc.get_model_version(MODEL, version)
-    # MLflow 3: a version's source is its logged model (models:/m-<id>), which must be named again
-    model_id = source.model_id or source.source.removeprefix("models:/")
-    new = mc.create_model_version(MODEL, source.source, run_id=source.run_id, model_id=model_id).version
-    mc.set_model_version_tag(MODEL, new, "gate.decision", "promoted")
-    return str(new)
 
 
 def _train_weak(db_url: str, end: dt.date) -> str:
@@ -118,7 +109,7 @@ def stack(db_url: str, mlflow_server: str, trained_models: dict[str, str], demo_
                       components=frozenset({"serving", "gateway"}))
     log: list[str] = []
     try:
-        same = _register_copy(mc, trained_models[MODEL])
+        same = register_copy(MODEL, trained_models[MODEL])
         weak = _train_weak(db_url, demo_features + dt.timedelta(days=1))
         up(cfg, out=log.append)
         for rep in replicas(cfg, [MODEL]):

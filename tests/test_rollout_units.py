@@ -121,3 +121,18 @@ def test_split_config_is_accepted_by_nginx(tmp_path: Path, sticky: str, percent:
     assert "127.0.0.1:1 max_fails=1 fail_timeout=2s backup" in block[:block.index("}")]
     plain = render(routes, "127.0.0.1:9", tmp_path, str(tmp_path / "access.log"))
     assert "split_clients" not in plain and "$pool_" not in plain  # no canary: the config is as before
+
+
+def test_rollout_bench_reports_the_figures_for_the_last_line() -> None:
+    """bench/rollout_bench.py imports (the lead calls it from bench/online.py) and its figures are ratios to the
+    run without canary or shadow."""
+    from types import SimpleNamespace
+
+    from bench import rollout_bench
+
+    def run(name: str, rps: float, p99: float) -> SimpleNamespace:
+        return SimpleNamespace(name=name, rps=rps, p99_ms=p99, errors=0)
+
+    runs = rollout_bench.Runs({"gw-off": run("gw-off", 2000, 10), "gw-canary10": run("gw-canary10", 1900, 11),
+                               "gw-shadow": run("gw-shadow", 1700, 10)}, challenger_answers=0, shadow_rows=5)
+    assert rollout_bench.report(runs) == "canary_vs_off=0.95 shadow_vs_off=0.85"
