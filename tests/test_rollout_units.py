@@ -136,3 +136,18 @@ def test_rollout_bench_reports_the_figures_for_the_last_line() -> None:
     runs = rollout_bench.Runs({"gw-off": run("gw-off", 2000, 10), "gw-canary10": run("gw-canary10", 1900, 11),
                                "gw-shadow": run("gw-shadow", 1700, 10)}, challenger_answers=0, shadow_rows=5)
     assert rollout_bench.report(runs) == "canary_vs_off=0.95 shadow_vs_off=0.85"
+
+
+def test_live_rows_are_counted_by_the_version_that_scored_them(scorer) -> None:
+    """serving_version_rows_total{model, version}: a canary replica's rows are told apart from its champion's."""
+    from inprocess import RECORD, make_app
+    from prometheus_client import REGISTRY
+
+    def rows(version: str) -> float:
+        return REGISTRY.get_sample_value("serving_version_rows_total", {"model": "churn", "version": version}) or 0.0
+
+    app, _ = make_app(scorer)
+    before = rows(scorer.version)
+    answer = app.test_client().post("/v1/models/churn/predict", json={"records": [RECORD, RECORD]})
+    assert answer.status_code == 200 and answer.get_json()["model_version"] == scorer.version
+    assert rows(scorer.version) == before + 2
