@@ -168,6 +168,14 @@ def abort(model: str, reason: str, conn: psycopg.Connection | None = None, mc: M
 # --- evidence ------------------------------------------------------------------------------------------------
 
 
+# Latency bins of the gateway-side figures (ms, ~3% wide): a window of requests is kept as counts, not as a list.
+LATENCY_EDGES_MS = np.geomspace(0.05, 120_000, 240)
+
+
+def latency_counts(latencies_ms: Sequence[float]) -> np.ndarray:
+    return np.bincount(np.searchsorted(LATENCY_EDGES_MS, latencies_ms), minlength=len(LATENCY_EDGES_MS) + 1)
+
+
 @dataclass
 class Arm:
     """One side of the comparison over the window: requests answered (and 5xx among them, as the gateway saw
@@ -180,6 +188,7 @@ class Arm:
     latencies_ms: list[float] = field(default_factory=list)
     scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     labelled: tuple[np.ndarray, np.ndarray] = field(default_factory=lambda: (np.empty(0), np.empty(0)))
+    latency_hist: np.ndarray | None = None  # counts over LATENCY_EDGES_MS (the watcher's window), instead
 
     @property
     def error_rate(self) -> float:
@@ -187,7 +196,12 @@ class Arm:
 
     @property
     def p99_ms(self) -> float:
-        return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else float("nan")
+        if self.latencies_ms:
+            return float(np.percentile(self.latencies_ms, 99))
+        if self.latency_hist is None or not self.latency_hist.sum():
+            return float("nan")
+        rank = int(np.searchsorted(np.cumsum(self.latency_hist), 0.99 * self.latency_hist.sum()))
+        return float(LATENCY_EDGES_MS[min(rank, len(LATENCY_EDGES_MS) - 1)])  # the bin's upper edge
 
     def summary(self) -> dict:
         return {"version": self.version, "requests": self.requests, "errors": self.errors,

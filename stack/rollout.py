@@ -34,8 +34,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scoring import rollout
 from scoring.spec import ModelSpec, load_specs
@@ -97,6 +98,11 @@ class AccessLog:
         self.offset = max(0, size - tail_bytes)
         self._partial = self.offset > 0  # started mid-file: the first line is cut
 
+    def skip(self) -> None:
+        """Past everything written so far, unread (no canary running: nothing to judge, nothing to parse)."""
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self._partial = False
+
     def read(self) -> list[Entry]:
         if not self.path.exists():
             return []
@@ -113,31 +119,58 @@ class AccessLog:
         return [e for e in map(parse_entry, lines) if e is not None]
 
 
+@dataclass
+class _Second:
+    at: int
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)  # while the second is current
+    counts: Any = None  # then: a histogram over scoring.rollout.LATENCY_EDGES_MS
+
+    def histogram(self) -> Any:
+        if self.latencies:
+            return rollout.latency_counts(self.latencies) + (0 if self.counts is None else self.counts)
+        return self.counts
+
+
 class Window:
-    """The entries of the last `keep_s` seconds, per model (the watcher's memory between ticks)."""
+    """The requests of the last `keep_s` seconds per (model, replica), kept per second as counts and a latency
+    histogram (the watcher's memory between ticks: a few MB at any request rate, not a list of requests)."""
 
     def __init__(self, keep_s: float) -> None:
         self.keep_s = keep_s
-        self.entries: dict[str, deque[Entry]] = {}
+        self.seconds: dict[tuple[str, str], deque[_Second]] = {}
 
     def add(self, entries: Iterable[Entry], now: float | None = None) -> None:
         for e in entries:
-            self.entries.setdefault(e.model, deque()).append(e)
+            queue = self.seconds.setdefault((e.model, e.upstream), deque())
+            if not queue or queue[-1].at != int(e.at):
+                queue.append(_Second(int(e.at)))
+            second = queue[-1]
+            second.requests += 1
+            second.errors += e.error
+            second.latencies.append(e.latency_ms)
         cutoff = (now or time.time()) - self.keep_s
-        for queue in self.entries.values():
+        for queue in self.seconds.values():
             while queue and queue[0].at < cutoff:
                 queue.popleft()
+            for second in list(queue)[:-1]:  # complete seconds: their latencies become counts
+                if second.latencies:
+                    second.counts, second.latencies = second.histogram(), []
 
     def arms(self, model: str, since: float, canary: set[str], champion: set[str]) -> tuple[rollout.Arm, rollout.Arm]:
         """(champion, canary) request figures of `model` since `since`."""
-        arms = (rollout.Arm(None), rollout.Arm(None))
-        for e in self.entries.get(model, ()):
-            if e.at < since or (e.upstream not in canary and e.upstream not in champion):
+        arms = (rollout.Arm(None, latency_hist=rollout.latency_counts([]) * 0),
+                rollout.Arm(None, latency_hist=rollout.latency_counts([]) * 0))
+        for (name, upstream), queue in self.seconds.items():
+            if name != model or (upstream not in canary and upstream not in champion):
                 continue
-            arm = arms[1] if e.upstream in canary else arms[0]
-            arm.requests += 1
-            arm.errors += e.error
-            arm.latencies_ms.append(e.latency_ms)
+            arm = arms[1] if upstream in canary else arms[0]
+            for second in queue:
+                if second.at + 1 > since:
+                    arm.requests += second.requests
+                    arm.errors += second.errors
+                    arm.latency_hist = arm.latency_hist + second.histogram()
         return arms
 
 
@@ -150,9 +183,13 @@ def served(specs: dict[str, ModelSpec]) -> list[str]:
 
 def _canary_ready(cfg: StackConfig, model: str, models: list[str], version: str) -> bool:
     """Every canary replica of `model` answers /readyz with `version` loaded."""
+    return _serving([r for r in canary_replicas(cfg, models) if r.model == model], version)
+
+
+def _serving(reps: list, version: str) -> bool:  # noqa: ANN001 - stack.gateway.Replica
+    """Every one of `reps` answers /readyz with `version` loaded."""
     import requests
 
-    reps = [r for r in canary_replicas(cfg, models) if r.model == model]
     try:
         return bool(reps) and all(
             requests.get(f"http://{r.address}/readyz", timeout=3).json().get("model_version") == version
@@ -218,7 +255,7 @@ def check(cfg: StackConfig, spec: ModelSpec, window: Window, conn, out: Out = pr
     state = state or rollout.read_state(spec.name)
     if not state.active or spec.name not in read_splits(cfg):
         return []
-    models = models or [spec.name]
+    models = models or served(load_specs())  # every served model: the replicas' ports depend on their order
     now = time.time()
     since = max(state.since, now - spec.rollout.window_minutes * 60)
     champion_at, canary_at = arm_addresses(cfg, spec.name, models)
@@ -253,8 +290,12 @@ def watch(cfg: StackConfig, out: Out = print, ticks: int | None = None) -> None:
         try:
             specs = load_specs()
             models = served(specs)
-            window.add(reader.read())
             states = {m: rollout.read_state(m) for m in models}
+            if any(s.active for s in states.values()):
+                window.add(reader.read())
+            else:
+                reader.skip()
+                window.add([])
             apply(cfg, specs, out, states)
             if any(s.active for s in states.values()):
                 with connect() as conn:
@@ -294,11 +335,16 @@ def status(cfg: StackConfig, out: Out = print) -> None:
                 out(f"    {row[0]:%Y-%m-%d %H:%M:%S} {row[1]:<8} v{row[2]} {row[3]:g}%  {row[4]}")
 
 
-def _wait_and_apply(cfg: StackConfig, model: str, version: str, out: Out, timeout: float = 60.0) -> None:
-    """After a start: wait for the canary replicas to load the version (they poll the alias), then apply."""
+def _wait_and_apply(cfg: StackConfig, model: str, version: str, out: Out, timeout: float = 60.0, *,
+                    champion: bool = False) -> None:
+    """After a start: wait for the canary replicas to load the version (they poll the alias), then apply. After a
+    promote (`champion`): wait for the champion's replicas to serve it before the split goes, so that the canary's
+    share is not answered by the old version meanwhile (the watcher may drop the split sooner: never a failure)."""
     models = served(load_specs())
+    reps = [r for r in (replicas(cfg, models) if champion else canary_replicas(cfg, models))
+            if r.model == model and r.kind != "jobs"]
     deadline = time.monotonic() + timeout
-    while cfg.canary_replicas and not _canary_ready(cfg, model, models, version) and time.monotonic() < deadline:
+    while reps and not _serving(reps, version) and time.monotonic() < deadline:
         time.sleep(1)
     apply(cfg, out=out)
 
@@ -353,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                     rollout.set_share(args.model, args.percent, conn)
                     apply(cfg)
                 elif args.command == "promote":
-                    print(f"{args.model}: version {rollout.promote(args.model, conn)} is the champion")
-                    apply(cfg)
+                    version = rollout.promote(args.model, conn)
+                    print(f"{args.model}: version {version} is the champion")
+                    _wait_and_apply(cfg, args.model, version, print, champion=True)
                 elif args.command == "abort":
                     rollout.abort(args.model, args.reason, conn)
                     apply(cfg)

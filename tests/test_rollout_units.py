@@ -151,3 +151,23 @@ def test_live_rows_are_counted_by_the_version_that_scored_them(scorer) -> None:
     answer = app.test_client().post("/v1/models/churn/predict", json={"records": [RECORD, RECORD]})
     assert answer.status_code == 200 and answer.get_json()["model_version"] == scorer.version
     assert rows(scorer.version) == before + 2
+
+
+def test_window_keeps_counts_and_a_p99_close_to_the_exact_one() -> None:
+    """The watcher's window: per-second counts and a latency histogram (~3% bins), old seconds dropped."""
+    from stack.rollout import Entry
+
+    rng = np.random.default_rng(3)
+    latencies = rng.lognormal(1.5, 0.5, 3000)
+    entries = [Entry(1000.0 + i / 100, "churn", "unix:/a.sock" if i % 10 else "unix:/c.sock", i % 50 == 0, lat)
+               for i, lat in enumerate(latencies)]
+    window = Window(keep_s=60)
+    window.add(entries[:1500], now=1015)
+    window.add(entries[1500:], now=1030)
+    champion, canary = window.arms("churn", 0, {"unix:/c.sock"}, {"unix:/a.sock"})
+    assert (champion.requests, canary.requests) == (2700, 300)
+    assert champion.errors + canary.errors == 60
+    exact = float(np.percentile([lat for i, lat in enumerate(latencies) if i % 10], 99))
+    assert champion.p99_ms == pytest.approx(exact, rel=0.05)
+    window.add([], now=1100)  # a minute later: nothing left
+    assert window.arms("churn", 0, {"unix:/c.sock"}, {"unix:/a.sock"})[0].requests == 0
