@@ -51,6 +51,24 @@ demo: up
 restart-serving: venv
 	$(PY) -m stack.up restart-serving $(if $(MODEL),--model $(MODEL))
 
+# Safe rollout (stack/rollout.py; README "Safe rollout"): a canary beside the champion at the gateway. Needs
+# STACK_CANARY_REPLICAS=1 (or more) at `make up`. MODEL=churn VERSION=7 PERCENT=10.
+.PHONY: rollout-status canary canary-share promote abort
+rollout-status: venv
+	$(PY) -m stack.rollout status
+
+canary: venv
+	$(PY) -m stack.rollout start $(MODEL) $(VERSION) --percent $(or $(PERCENT),10)
+
+canary-share: venv
+	$(PY) -m stack.rollout share $(MODEL) $(PERCENT)
+
+promote: venv
+	$(PY) -m stack.rollout promote $(MODEL)
+
+abort: venv
+	$(PY) -m stack.rollout abort $(MODEL) $(if $(REASON),--reason "$(REASON)")
+
 # Regenerate the README's settings table and .env.example from the registry in scoring/settings.py
 # (tests/test_settings.py fails when they drift from it).
 .PHONY: settings

@@ -241,6 +241,13 @@ _VARS: tuple[Var, ...] = (
        group=_WORKER, low=0),
     _v("WORKER_LOG_LEVEL", "choice", "info", "The worker's log level.", ("worker",), group=_WORKER,
        choices=LOG_LEVELS),
+    _v("WORKER_SHADOW_INTERVAL_S", "float", "5",
+       "Online shadow: how often the async worker scores the live rows logged since its last pass "
+       "(`ops.online_payloads`, SERVING_PAYLOAD_SAMPLE_RATE's sample) with the `challenger` and writes its "
+       "answers beside the champion's (route `shadow`); 0 = off. Never on a client's path.", ("worker",),
+       group=_WORKER, low=0),
+    _v("WORKER_SHADOW_MAX_ROWS", "int", "20000", "Most logged rows the online shadow scores in one pass.",
+       ("worker",), group=_WORKER, low=1),
     # --- batch and Airflow
     _v("SCORING_COPY_READER", "choice", "psql",
        "How batch scoring streams features out of PostgreSQL: `psql` (the client's COPY, fast; psycopg when no "
@@ -320,6 +327,14 @@ _VARS: tuple[Var, ...] = (
     _v("STACK_JOB_REPLICAS", "int", "1",
        "Threaded gunicorn replicas per model for the job routes (`/v1/models/<m>/jobs*`, `/v1/jobs/*`); 0: the "
        "job routes go to the sync replicas.", ("stack",), group=_STACK, low=0, high=32),
+    _v("STACK_CANARY_REPLICAS", "int", "0",
+       "gunicorn replicas per model serving the registry alias `canary` (SERVING_MODEL_REF=canary), idle until a "
+       "canary is started (`python -m stack.rollout start <model> <version>`); with any, `make up` also runs the "
+       "rollout watcher. 0: no canary can take traffic.", ("stack",), group=_STACK, low=0, high=8),
+    _v("STACK_ROLLOUT_CHECK_S", "float", "30",
+       "How often the rollout watcher (`python -m stack.rollout watch`) applies the registry's canary shares to "
+       "the gateway and compares each running canary with its champion (rolling it back past models.yaml "
+       "`rollout:` limits).", ("stack",), group=_STACK, positive=True),
     _v("STACK_JOB_THREADS", "int", "8", "gthread threads per job replica (SERVING_THREADS there).", ("stack",),
        group=_STACK, low=2, high=256),
     _v("STACK_GATEWAY_UNIX", "bool", "true",

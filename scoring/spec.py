@@ -149,6 +149,48 @@ class MonitoringConfig:
     online_min_rows: int = 500
 
 
+Sticky = Literal["none", "entity", "caller"]
+STICKY_MODES: tuple[str, ...] = ("none", "entity", "caller")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Limits of a canary's automatic rollback (models.yaml `rollout:`; every key optional, defaults below).
+
+    While a canary serves a share of the live traffic (stack/rollout.py), it is compared with the champion over
+    the same window (the last `window_minutes`, and only since its share was last moved); crossing any limit moves
+    its share to 0 and records why (ops.rollout_events, an MLflow tag on the version, a log line).
+
+    sticky               none: each request drawn at random; entity: the same X-Entity-ID header gets the same
+                         version for a day; caller: the same Authorization (else client address) for a day
+    window_minutes       how far back the evidence goes
+    min_requests         canary requests in the window before its error rate and latency are judged
+    error_rate_increase  canary 5xx share minus the champion's, at or above which it is rolled back
+    p99_ratio            canary latency p99 over the champion's, at or above which (and at least
+    p99_min_increase_ms  this many ms slower: p99 noise on a shared machine is a few ms) it is rolled back
+    score_psi            PSI of the canary's logged scores against the champion's in the same window
+    min_scores           logged scores (ops.online_payloads) of each before the PSI is judged
+    metric_degradation   relative loss of the canary's realised metric against the champion's, once labels are in
+    min_labels           labelled logged rows of each before the realised metric is judged
+    """
+
+    sticky: Sticky = "none"
+    window_minutes: float = 15.0
+    min_requests: int = 200
+    error_rate_increase: float = 0.01
+    p99_ratio: float = 1.5
+    p99_min_increase_ms: float = 5.0
+    score_psi: float = 0.25
+    min_scores: int = 200
+    metric_degradation: float = 0.1
+    min_labels: int = 200
+
+
+_ROLLOUT_COUNTS = ("min_requests", "min_scores", "min_labels")
+_ROLLOUT_LIMITS = ("window_minutes", "error_rate_increase", "p99_ratio", "p99_min_increase_ms", "score_psi",
+                   "metric_degradation")
+
+
 MONITORING_THRESHOLDS = ("feature_psi", "null_rate_increase", "reject_rate", "row_count_change", "score_psi",
                          "score_psi_day", "metric_degradation", "attribution_drift")
 
@@ -169,6 +211,7 @@ class ModelSpec:
     serving: ServingConfig = ServingConfig()
     batch: BatchConfig = BatchConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    rollout: RolloutConfig = RolloutConfig()
     description: str = ""
 
     @property
@@ -186,7 +229,7 @@ class ModelSpec:
 
 _MODEL_KEYS = {
     "description", "task", "source", "features", "label", "metric", "xgboost", "training",
-    "prediction_table", "schedule", "train_schedule", "serving", "batch", "monitoring",
+    "prediction_table", "schedule", "train_schedule", "serving", "batch", "monitoring", "rollout",
 }
 _REQUIRED = {"task", "source", "features", "label", "metric", "prediction_table", "schedule"}
 _SOURCE_KEYS = {"table", "entity_key", "date_column"}
@@ -340,6 +383,30 @@ def _parse_monitoring(model: str, raw: Any) -> MonitoringConfig:
     return MonitoringConfig(**{**{k: getattr(defaults, k) for k in (*MONITORING_THRESHOLDS, *counts)}, **values})
 
 
+def _parse_rollout(model: str, raw: Any) -> RolloutConfig:
+    """The `rollout:` block: the canary's stickiness and the limits of its automatic rollback."""
+    if raw is None:
+        return RolloutConfig()
+    raw = _check_keys(model, "rollout", raw, {"sticky", *_ROLLOUT_COUNTS, *_ROLLOUT_LIMITS})
+    sticky = raw.get("sticky", RolloutConfig.sticky)
+    if sticky not in STICKY_MODES:
+        raise _fail(model, "rollout.sticky", f"must be one of {', '.join(STICKY_MODES)}, got {sticky!r}")
+    values: dict[str, Any] = {"sticky": sticky}
+    for key in _ROLLOUT_COUNTS:
+        if key in raw:
+            count = raw[key]
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise _fail(model, f"rollout.{key}", f"must be an integer >= 1, got {count!r}")
+            values[key] = count
+    for key in _ROLLOUT_LIMITS:
+        if key in raw:
+            _positive(model, f"rollout.{key}", raw[key], number=float)
+            values[key] = float(raw[key])
+    if values.get("p99_ratio", RolloutConfig.p99_ratio) < 1:
+        raise _fail(model, "rollout.p99_ratio", "must be at least 1 (a ratio to the champion's p99)")
+    return RolloutConfig(**values)
+
+
 def _parse_explain(model: str, raw: Any) -> ExplainConfig | None:
     """`batch.explain`: absent or false = off; true or a mapping {top_k, method, rows} = on.
     rows: "all", or {top: N} (the N highest scores of the day)."""
@@ -453,6 +520,7 @@ def _parse_model(name: str, raw: Any) -> ModelSpec:
         prediction_table=raw["prediction_table"], schedule=schedule, train_schedule=train_schedule,
         xgboost=dict(params), training=training, serving=serving, batch=batch,
         monitoring=_parse_monitoring(name, raw.get("monitoring")),
+        rollout=_parse_rollout(name, raw.get("rollout")),
         description=str(raw.get("description", "")),
     )
 

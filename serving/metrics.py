@@ -29,6 +29,9 @@ LATENCY = Histogram("serving_request_duration_seconds", "Request latency by rout
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 ROWS = Counter("serving_predicted_rows_total", "Rows answered, by source (live or precomputed)",
                ["model", "source"])
+VERSION_ROWS = Counter("serving_version_rows_total",
+                       "Rows scored live, by the model version that scored them (a canary's beside its champion's)",
+                       ["model", "version"])
 MODEL_VERSION = Gauge("serving_model_version", "Model version loaded in each worker (0 = none)", ["model"],
                       multiprocess_mode="liveall")
 RELOADS = Counter("serving_model_reloads_total", "Model versions swapped in after the first load", ["model"])

@@ -18,7 +18,7 @@ from typing import Any
 from scoring.scorer import Contributions, ExplainRequest, Predictions, Scorer
 from scoring.spec import ModelSpec
 from serving.failures import ExplainNotAllowed, ModelNotLoaded, TooMany, VersionNotLoaded
-from serving.metrics import ROWS
+from serving.metrics import ROWS, VERSION_ROWS
 from serving.model_holder import ModelHolder
 from serving.payload_log import PayloadLog, Sampled
 from serving.values import split_entity_key
@@ -65,6 +65,7 @@ class Predictor:
         # the hot path's row counter, labels resolved once (source None: not counted, e.g. the async worker, which
         # serves no /metrics)
         self._rows = ROWS.labels(spec.name, source) if source is not None else None
+        self._version_rows: dict[str, Any] = {}  # version -> its VERSION_ROWS child (labels resolved once)
 
     def scorer(self, version: str | None = None) -> Scorer:
         """The loaded version (`version`: the one the request names, which must be it)."""
@@ -106,6 +107,10 @@ class Predictor:
             payloads.offer(Sampled(time.time(), scorer.version, route, request_id, matrix, preds, ids))
         if self._rows is not None:
             self._rows.inc(len(preds))
+            by_version = self._version_rows.get(scorer.version)
+            if by_version is None:
+                by_version = self._version_rows[scorer.version] = VERSION_ROWS.labels(self.spec.name, scorer.version)
+            by_version.inc(len(preds))
         return Scored(scorer.version, preds, ids, contributions, explain.top_k if explain is not None else None)
 
     def contributions(self, scorer: Scorer, matrix: Any, method: str) -> Contributions:

@@ -20,7 +20,8 @@ Run as many side by side as you like.
 Settings (env): SERVING_MODEL, SERVING_MODEL_REF, SERVING_POLL_INTERVAL_S, SERVING_BOOSTER_THREADS, DATABASE_URL
 (shared with the online app), WORKER_BATCH_SIZE (256 jobs), WORKER_MAX_BATCH_RECORDS (50000),
 WORKER_LEASE_S (30), WORKER_MAX_CLAIM_BYTES (32 MiB), WORKER_IDLE_POLL_S (2), WORKER_RETRY_BACKOFF_S (1),
-WORKER_LINGER_MS (10: after a claim that was not full, a short wait so that one-by-one submits are claimed together).
+WORKER_LINGER_MS (10: after a claim that was not full, a short wait so that one-by-one submits are claimed together),
+WORKER_SHADOW_INTERVAL_S (5: the online shadow's passes, serving/shadow.py; 0 = off).
 
 Tests inject faults by handing in `wrap_scorer` (see testing/faulty_worker.py); nothing here reads a fault switch.
 """
@@ -67,6 +68,8 @@ class WorkerSettings:
     linger_ms: float = setting("WORKER_LINGER_MS")  # let a trickle of submits gather into one claim
     retry_backoff_s: float = setting("WORKER_RETRY_BACKOFF_S")
     log_level: str = setting("WORKER_LOG_LEVEL")
+    shadow_interval_s: float = setting("WORKER_SHADOW_INTERVAL_S")  # online shadow (serving/shadow.py); 0 = off
+    shadow_max_rows: int = setting("WORKER_SHADOW_MAX_ROWS")
     max_reconnect_backoff_s: float = 10.0
 
     @classmethod
@@ -315,10 +318,23 @@ def main(wrap_scorer: ScorerWrapper | None = None) -> int:
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     holder.start()
+    shadow = online_shadow(spec, settings, worker_settings).start()
     try:
         return worker.run()
     finally:
+        shadow.stop()
         holder.stop()
+
+
+def online_shadow(spec, settings: Settings, worker_settings: WorkerSettings):  # noqa: ANN001, ANN201
+    """The challenger scoring the payload log's live rows beside the job loop (serving/shadow.py)."""
+    from scoring.registry import CHALLENGER
+    from serving.shadow import OnlineShadow
+
+    challenger = ModelHolder(spec, ref=CHALLENGER, poll_interval_s=settings.poll_interval_s,
+                             threads=settings.booster_threads, allow_ungated=True)  # shadow only: never answers
+    return OnlineShadow(spec, settings.database_url or database_url(), challenger,
+                        interval_s=worker_settings.shadow_interval_s, max_rows=worker_settings.shadow_max_rows)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,14 @@ def launch(cfg: StackConfig, svc: Service) -> tuple[subprocess.Popen, PidRecord]
 
 def fingerprint(spec: object, svc: Service) -> str:
     """What a model's process was started with: its parsed models.yaml entry, its command and its port.
-    A changed entry (or a port moved by a removed model before it) means the process serves something stale."""
+    A changed entry (or a port moved by a removed model before it) means the process serves something stale.
+    The `rollout:` limits are left out: only the rollout watcher reads them, afresh every tick."""
+    import dataclasses
+
+    from scoring.spec import ModelSpec, RolloutConfig
+
+    if isinstance(spec, ModelSpec):
+        spec = dataclasses.replace(spec, rollout=RolloutConfig())
     text = json.dumps([repr(spec), svc.argv, svc.port])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -224,14 +231,17 @@ def replica_workers(env: dict[str, str], replicas: int) -> str:
 def serving_services(cfg: StackConfig) -> list[Service]:
     """Per model cfg.replicas sync gunicorns (predict, lookup, OIP, MLflow) and cfg.job_replicas threaded ones
     (the job routes), each its own process group on its own loopback port and, for the gateway, a Unix socket."""
-    from stack.gateway import replicas
+    from stack.gateway import canary_replicas, replicas
 
     out: list[Service] = []
-    for rep in replicas(cfg, served_models()):
+    models = served_models()
+    for rep in replicas(cfg, models) + canary_replicas(cfg, models):
         env = base_env(cfg)
         env.update({"SERVING_MODEL": rep.model, "SERVING_BIND": rep.address})
         if rep.kind == "jobs":  # one process, threads: a submit mostly waits on PostgreSQL
             env.update({"SERVING_WORKERS": "1", "SERVING_THREADS": str(cfg.job_threads)})
+        elif rep.kind == "canary":  # one worker: it takes a share of one model's traffic, idle until then
+            env.update({"SERVING_WORKERS": "1", "SERVING_MODEL_REF": "canary"})
         else:
             env["SERVING_WORKERS"] = replica_workers(env, cfg.replicas)
         if rep.grpc:  # its gRPC server's port (sync replicas, once the serving app has one)
@@ -255,6 +265,12 @@ def gateway_service(cfg: StackConfig) -> Service:
     return Service("gateway", "gateway", nginx_argv(cfg, binary), base_env(cfg),
                    http_probe(f"{cfg.gateway_url}/gateway/health"), port=cfg.serving_port, url=cfg.gateway_url,
                    timeout=30, stage=4)
+
+
+def rollout_service(cfg: StackConfig) -> Service:
+    """The rollout watcher (stack/rollout.py): registry shares -> gateway, and the automatic rollback check."""
+    return Service("rollout", "gateway", [sys.executable, "-m", "stack.rollout", "watch"],
+                   {**base_env(cfg), **cfg.to_env()}, always, timeout=30, settle=3.0, stage=4)
 
 
 def worker_services(cfg: StackConfig) -> list[Service]:
@@ -294,6 +310,8 @@ def catalogue(cfg: StackConfig) -> tuple[list[Service], list[str]]:
             notes.append("async workers not started: serving/worker.py is not in this checkout yet")
     if cfg.wants("gateway") and cfg.wants("serving") and serving_available():
         services.append(gateway_service(cfg))
+        if cfg.canary_replicas:
+            services.append(rollout_service(cfg))
     model_services = [svc for svc in services if svc.model]
     if model_services:
         from scoring.spec import load_specs

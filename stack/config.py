@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from scoring.settings import REGISTRY, SettingsError, is_set, load, read, setting
+from scoring.settings import REGISTRY, SettingsError, env_names, is_set, load, read, setting
 
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_CONFIG = REPO / "mlflow" / "server.env"
@@ -64,6 +64,8 @@ class StackConfig:
     replicas: int = setting("STACK_SERVING_REPLICAS")
     job_replicas: int = setting("STACK_JOB_REPLICAS")  # threaded replicas per model for the job routes
     job_threads: int = setting("STACK_JOB_THREADS")
+    canary_replicas: int = setting("STACK_CANARY_REPLICAS")  # per model, serving the `canary` alias
+    rollout_check_s: float = setting("STACK_ROLLOUT_CHECK_S")
     unix_sockets: bool = setting("STACK_GATEWAY_UNIX")  # the gateway reaches the replicas over Unix sockets
     grpc_port: int = setting("STACK_GRPC_PORT")
     executor: str = setting("STACK_EXECUTOR")
@@ -106,6 +108,19 @@ class StackConfig:
         if config.external_db_url:  # an existing server: no local cluster
             config = dataclasses.replace(config, components=config.components - {"postgres"})
         return config
+
+    def to_env(self) -> dict[str, str]:
+        """This config as the STACK_* environment (from_env reads it back): for the stack's own helper processes
+        (the rollout watcher), which must see the stack that started them, not the caller's environment."""
+        env = {"STACK_HOME": str(self.home), "STACK_MLFLOW_PORT": str(self.mlflow_port)}
+        for name, var in env_names(type(self)).items():
+            value = getattr(self, name)
+            if value is not None:
+                env[var] = (",".join(sorted(value)) if isinstance(value, frozenset)
+                            else str(value).lower() if isinstance(value, bool) else str(value))
+        if self.external_db_url:
+            env["DATABASE_URL"] = self.external_db_url
+        return env
 
     # --- paths -------------------------------------------------------------------------------------------
     @property
@@ -172,6 +187,11 @@ class StackConfig:
         """The loopback port of one job replica: after every model's sync replicas."""
         base = self.replica_port or self.serving_port + 100
         return base + models * self.replicas + model_index * self.job_replicas + replica
+
+    def canary_port_of(self, model_index: int, replica: int, models: int) -> int:
+        """The loopback port of one canary replica: after every model's sync and job replicas."""
+        base = self.replica_port or self.serving_port + 100
+        return base + models * (self.replicas + self.job_replicas) + model_index * self.canary_replicas + replica
 
     @property
     def grpc_url(self) -> str:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from stack.config import StackConfig
 from stack.debian import PackageError, ensure_binary
-from stack.gateway_conf import GatewayError, Upstreams, render
+from stack.gateway_conf import GatewayError, Split, Upstreams, render
 
-__all__ = ["GatewayError", "Replica", "Upstreams", "render", "replicas", "upstreams"]
+__all__ = ["GatewayError", "Replica", "Split", "Upstreams", "render", "replicas", "upstreams"]
 
 CONF_NAME = "nginx.conf"
+SPLITS_NAME = "rollout.json"  # the canary shares the gateway applies (written by stack/rollout.py)
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,14 @@ class Replica:
     host: str
     port: int
     socket: Path | None = None  # a Unix socket it listens on too (the gateway's way in), None: TCP only
-    kind: str = "serving"  # "serving" (predict, lookup, OIP, MLflow) or "jobs" (threaded: the job routes)
+    # "serving" (predict, lookup, OIP, MLflow), "jobs" (threaded: the job routes) or "canary" (the sync routes'
+    # canary share: SERVING_MODEL_REF=canary)
+    kind: str = "serving"
     grpc: str | None = None  # its gRPC server's host:port, when it runs one
 
     @property
     def name(self) -> str:
-        return f"serving-{self.model}-{'jobs-' if self.kind == 'jobs' else ''}{self.index + 1}"
+        return f"serving-{self.model}-{'' if self.kind == 'serving' else self.kind + '-'}{self.index + 1}"
 
     @property
     def address(self) -> str:
@@ -54,6 +57,12 @@ def replicas(cfg: StackConfig, models: list[str]) -> list[Replica]:
     return out
 
 
+def canary_replicas(cfg: StackConfig, models: list[str]) -> list[Replica]:
+    """Every model's canary replicas (STACK_CANARY_REPLICAS each): idle until the registry names a canary."""
+    return [_replica(cfg, model, r, cfg.canary_port_of(i, r, len(models)), "canary", i)
+            for i, model in enumerate(models) for r in range(cfg.canary_replicas)]
+
+
 def _replica(cfg: StackConfig, model: str, index: int, port: int, kind: str, model_index: int) -> Replica:
     rep = Replica(model, index, cfg.host, port, kind=kind)
     socket = cfg.run_dir / f"{rep.name}.sock" if cfg.unix_sockets else None
@@ -67,7 +76,7 @@ def upstreams(reps: list[Replica]) -> dict[str, Upstreams]:
     out: dict[str, Upstreams] = {}
     for rep in reps:
         up = out.setdefault(rep.model, Upstreams([]))
-        (up.jobs if rep.kind == "jobs" else up.http).append(rep.upstream)
+        {"jobs": up.jobs, "canary": up.canary}.get(rep.kind, up.http).append(rep.upstream)
         if rep.grpc:
             up.grpc.append(rep.grpc)
     return out
@@ -104,13 +113,39 @@ def access_log_path(cfg: StackConfig) -> Path:
     return cfg.log_dir / "gateway-access.log"
 
 
+def splits_path(cfg: StackConfig) -> Path:
+    return cfg.gateway_dir / SPLITS_NAME
+
+
+def read_splits(cfg: StackConfig) -> dict[str, Split]:
+    """The canary shares last applied (stack/rollout.py): kept beside the config so that `make up` and rolling
+    restarts, which rewrite it without asking the registry, keep the split as it is."""
+    import json
+
+    try:
+        data = json.loads(splits_path(cfg).read_text())
+        return {m: Split(float(v["percent"]), str(v.get("sticky", "none"))) for m, v in data.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def write_splits(cfg: StackConfig, splits: Mapping[str, Split]) -> None:
+    import json
+
+    cfg.gateway_dir.mkdir(parents=True, exist_ok=True)
+    tmp = splits_path(cfg).with_suffix(".tmp")
+    tmp.write_text(json.dumps({m: {"percent": s.percent, "sticky": s.sticky} for m, s in splits.items()}))
+    tmp.replace(splits_path(cfg))
+
+
 def write_config(cfg: StackConfig, models: list[str], down: Iterable[str] = ()) -> tuple[Path, bool]:
     """Render the local gateway's config into the stack's folder; returns (path, changed). `down`: replica
     addresses (as the gateway reaches them, Replica.upstream) out of rotation."""
     read_timeout = int(os.environ.get("SERVING_TIMEOUT_S") or "60")
-    text = render(upstreams(replicas(cfg, models)), f"{cfg.host}:{cfg.serving_port}", cfg.gateway_dir,
+    reps = replicas(cfg, models) + canary_replicas(cfg, models)
+    text = render(upstreams(reps), f"{cfg.host}:{cfg.serving_port}", cfg.gateway_dir,
                   str(access_log_path(cfg)), down=down, body_limit=max_body_bytes(), read_timeout_s=read_timeout,
-                  grpc_listen=f"{cfg.host}:{cfg.grpc_port}", server=server_identity())
+                  grpc_listen=f"{cfg.host}:{cfg.grpc_port}", server=server_identity(), splits=read_splits(cfg))
     path = config_path(cfg)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (cfg.gateway_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
@@ -162,10 +197,23 @@ def reload(master_pid: int, timeout: float = 15.0) -> None:
     raise GatewayError(f"gateway (pid {master_pid}): old workers still busy {timeout:.0f}s after a reload")
 
 
+def standalone_config(routes: Mapping[str, Upstreams | list[str]], port: int, workdir: Path,
+                      grpc_port: int | None = None, read_timeout_s: int = 60,
+                      splits: Mapping[str, Split] | None = None) -> Path:
+    """Write a standalone gateway's config (start_standalone's; rewritten, then reload(), to move a split)."""
+    conf = workdir / CONF_NAME
+    conf.write_text(render(routes, f"127.0.0.1:{port}", workdir, str(workdir / "access.log"),
+                           body_limit=max_body_bytes(), server=server_identity(), read_timeout_s=read_timeout_s,
+                           grpc_listen=f"127.0.0.1:{grpc_port}" if grpc_port else None, splits=splits))
+    return conf
+
+
 def start_standalone(routes: Mapping[str, Upstreams | list[str]], port: int, workdir: Path,
-                     log_path: Path, grpc_port: int | None = None, read_timeout_s: int = 60) -> subprocess.Popen:
+                     log_path: Path, grpc_port: int | None = None, read_timeout_s: int = 60,
+                     splits: Mapping[str, Split] | None = None) -> subprocess.Popen:
     """An nginx gateway of its own (benches, tests): config in `workdir`, listening on 127.0.0.1:`port` (and
-    `grpc_port` for gRPC); returns once it answers. Stop it with stack.services.stop_process."""
+    `grpc_port` for gRPC), `splits` its canary shares; returns once it answers. Stop it with
+    stack.services.stop_process."""
     from stack.services import stop_process, wait_http
 
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -173,10 +221,7 @@ def start_standalone(routes: Mapping[str, Upstreams | list[str]], port: int, wor
     if os.geteuid() == 0:
         for folder in (workdir, workdir / "tmp", *(workdir / "tmp").iterdir()):
             folder.chmod(0o777 if folder != workdir else 0o755)
-    conf = workdir / CONF_NAME
-    conf.write_text(render(routes, f"127.0.0.1:{port}", workdir, str(workdir / "access.log"),
-                           body_limit=max_body_bytes(), server=server_identity(), read_timeout_s=read_timeout_s,
-                           grpc_listen=f"127.0.0.1:{grpc_port}" if grpc_port else None))
+    conf = standalone_config(routes, port, workdir, grpc_port, read_timeout_s, splits)
     binary = ensure_nginx()
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen([binary, "-e", "stderr", "-p", str(workdir), "-c", str(conf)], stdout=log,

@@ -86,6 +86,7 @@ class Upstreams:
     http: list[str]
     jobs: list[str] = field(default_factory=list)
     grpc: list[str] = field(default_factory=list)
+    canary: list[str] = field(default_factory=list)  # replicas serving the `canary` alias (SERVING_MODEL_REF)
 
     @property
     def job_replicas(self) -> list[str]:
@@ -96,6 +97,42 @@ class Upstreams:
         """While a model's job replicas are all down (a rolling restart, a crash) its sync replicas take the job
         routes: the same app, only slower at many small submits."""
         return self.http if self.jobs else []
+
+
+@dataclass(frozen=True)
+class Split:
+    """A model's canary share at the gateway (stack/rollout.py writes it from the registry): `percent` of its
+    sync routes (predict, lookup, /v2, MLflow; not the job routes, which the champion's async worker scores) go to
+    its canary replicas, drawn per request, or per entity (X-Entity-ID) or caller (Authorization, else the
+    client's address) for a day when `sticky` says so."""
+
+    percent: float
+    sticky: str = "none"
+
+
+# nginx's split_clients hashes its key (MurmurHash2) onto the percentages: the request id is random per request;
+# a sticky key adds the UTC day, so an entity or caller keeps its version for a day, then is drawn again.
+_SPLIT_KEYS = {"none": "${request_id}", "entity": "${rollout_entity}:${rollout_day}",
+               "caller": "${rollout_caller}:${rollout_day}"}
+_SPLIT_MAPS = """    # canary split keys (stack/gateway_conf.py Split)
+    map $time_iso8601 $rollout_day { "~^(?<day>[0-9-]{10})" $day; default ""; }
+    map $http_x_entity_id $rollout_entity { "" $request_id; default $http_x_entity_id; }
+    map $http_authorization $rollout_caller { "" $remote_addr; default $http_authorization; }
+"""
+
+
+def _split(model: str, up: Upstreams, split: Split | None, down: set[str]) -> str:
+    """The canary's upstream (the champion's replicas as its backups: a canary replica that fails or is down
+    sends its requests to the champion, never an error to the client) and the split_clients choosing between
+    them into $pool_<model>; "" when the model has no active split."""
+    if split is None or split.percent <= 0 or not up.canary:
+        return ""
+    if split.sticky not in _SPLIT_KEYS:
+        raise GatewayError(f"model {model!r}: unknown canary stickiness {split.sticky!r}")
+    share = f"        {min(split.percent, 100):.2f}% canary_{model};\n" if split.percent < 100 else ""
+    rest = f"        * serving_{model};\n" if split.percent < 100 else f"        * canary_{model};\n"
+    return (_upstream(f"canary_{model}", up.canary, down, up.http)
+            + f"    split_clients \"{model}:{_SPLIT_KEYS[split.sticky]}\" $pool_{model} {{\n{share}{rest}    }}\n")
 
 
 def error_body(protocol: str, status: int, message: str) -> dict[str, object]:
@@ -288,13 +325,14 @@ def render(upstreams: Mapping[str, Upstreams | list[str]], listen: str, workdir:
            down: Iterable[str] = (), status_allow: Iterable[str] = ("127.0.0.1", "::1"),
            status_listen: str | None = None, passthrough: dict[str, str] | None = None,
            grpc_listen: str | None = None, body_limit: int = 1_048_576, read_timeout_s: int = 60,
-           server: tuple[str, str] = ("model-serving-platform", "0.1.0"), daemon: bool = False) -> str:
+           server: tuple[str, str] = ("model-serving-platform", "0.1.0"), daemon: bool = False,
+           splits: Mapping[str, Split] | None = None) -> str:
     """The nginx config: `upstreams` maps model -> its replicas (Upstreams, or a list of addresses for HTTP only);
     `down` names addresses to take out of rotation (a rolling restart drains them first). `status_listen`:
     stub_status on a listener of its own (containers: a port that is not published) instead of a loopback-only
     location. `passthrough`: listen -> host:port proxied as is (the container deployment's Airflow UI, which has
     its own login). `grpc_listen`: the HTTP/2 gRPC listener (models with gRPC replicas only). `server`: the
-    (name, version) answered at /v2."""
+    (name, version) answered at /v2. `splits`: model -> its canary share (Split; models with canary replicas)."""
     models = {m: u if isinstance(u, Upstreams) else Upstreams(list(u)) for m, u in upstreams.items()}
     for model in models:
         if not _SAFE_NAME.match(model):
@@ -306,6 +344,12 @@ def render(upstreams: Mapping[str, Upstreams | list[str]], listen: str, workdir:
     for model, up in models.items():
         out.append(_upstream(f"serving_{model}", up.http, down))
         out.append(_upstream(f"jobs_{model}", up.job_replicas, down, up.job_backups))
+    split_of = {m: _split(m, up, (splits or {}).get(m), down) for m, up in models.items()}
+    if any(split_of.values()):
+        out.append(_SPLIT_MAPS + "".join(split_of.values()))
+    # Where a model's sync routes go: its replicas, or the split's choice. A proxy_pass naming a variable passes
+    # the request URI as is, so the prefix-stripping routes rewrite it first.
+    sync = {m: f"$pool_{m}" if split_of[m] else f"serving_{m}" for m in models}
     out.append(_upstream("jobs_any", list(dict.fromkeys(a for u in models.values() for a in u.job_replicas)), down,
                          list(dict.fromkeys(a for u in models.values() for a in u.job_backups))))
 
@@ -340,8 +384,8 @@ def render(upstreams: Mapping[str, Upstreams | list[str]], listen: str, workdir:
 """)
     for model in names:
         out.append(f"""            # {model}
-            location = /v1/models/{model} {{ {retry} proxy_pass http://serving_{model}; }}
-            location ^~ /v1/models/{model}/ {{ {retry} proxy_pass http://serving_{model}; }}
+            location = /v1/models/{model} {{ {retry} proxy_pass http://{sync[model]}; }}
+            location ^~ /v1/models/{model}/ {{ {retry} proxy_pass http://{sync[model]}; }}
             # A submit queues a job: retried on another replica only with an Idempotency-Key (then the queue
             # answers the same job). The key's presence picks the location (nginx cannot vary retries by header).
             location = /v1/models/{model}/jobs {{
@@ -367,8 +411,8 @@ def render(upstreams: Mapping[str, Upstreams | list[str]], listen: str, workdir:
             location = /v2/health/live {{ return 200 '{{"live":true}}'; }}
 {ready_inner}""")
     for model in names:
-        out.append(f"            location = /v2/models/{model} {{ {retry} proxy_pass http://serving_{model}; }}\n"
-                   f"            location ^~ /v2/models/{model}/ {{ {retry} proxy_pass http://serving_{model}; }}\n")
+        out.append(f"            location = /v2/models/{model} {{ {retry} proxy_pass http://{sync[model]}; }}\n"
+                   f"            location ^~ /v2/models/{model}/ {{ {retry} proxy_pass http://{sync[model]}; }}\n")
     out.append(_unknown_model("v2", "/v2/models/", names))
     out.append(f"""            {_no_route('v2', '/v2, /v2/health/live, /v2/health/ready, /v2/models/<model>/...')}
         }}
@@ -378,14 +422,17 @@ def render(upstreams: Mapping[str, Upstreams | list[str]], listen: str, workdir:
             {_error_pages('mlflow')}
 """)
     for model in names:
-        out.append(f"            location ^~ /models/{model}/ {{ {retry} proxy_pass http://serving_{model}/; }}\n")
+        target = (f"rewrite ^/models/{model}(/.*)$ $1 break; proxy_pass http://{sync[model]};" if split_of[model]
+                  else f"proxy_pass http://serving_{model}/;")
+        out.append(f"            location ^~ /models/{model}/ {{ {retry} {target} }}\n")
     out.append(_unknown_model("mlflow", "/models/", names))
     out.append(f"            {_no_route('mlflow', '/models/<model>/invocations')}\n        }}\n")
     # the path MLflow's deployments client posts to (get_deploy_client(gateway).predict(endpoint=<m>, ...))
     out.append(f"        location ^~ /endpoints/ {{\n            {_error_pages('mlflow')}\n")
     for model in names:
-        out.append(f"            location = /endpoints/{model}/invocations {{ {retry} "
-                   f"proxy_pass http://serving_{model}/invocations; }}\n"
+        target = (f"rewrite ^ /invocations break; proxy_pass http://{sync[model]};" if split_of[model]
+                  else f"proxy_pass http://serving_{model}/invocations;")
+        out.append(f"            location = /endpoints/{model}/invocations {{ {retry} {target} }}\n"
                    f"            location ^~ /endpoints/{model}/ {{ "
                    f"{_no_route('mlflow', f'/endpoints/{model}/invocations')} }}\n")
     out.append(_unknown_model("mlflow", "/endpoints/", names))

@@ -27,3 +27,20 @@ def write_model_copy(name: str, directory: Path, db_url: str, source: str = "chu
         ensure_prediction_table(conn, load_spec(name, path))
         conn.commit()
     return path
+
+
+def register_copy(model: str, version: str, approved: bool = True) -> str:
+    """`version`'s artifact registered again as a new version of `model` (the same booster under another number:
+    a canary or challenger that a version number tells apart); tagged approved like the original when
+    `approved`."""
+    from mlflow import MlflowClient
+
+    mc = MlflowClient()
+    source = mc.get_model_version(model, version)
+    # MLflow 3: a version's source is its logged model (models:/m-<id>), which must be named again
+    model_id = source.model_id or source.source.removeprefix("models:/")
+    new = str(mc.create_model_version(model, source.source, run_id=source.run_id, model_id=model_id).version)
+    if approved:
+        mc.set_model_version_tag(model, new, "gate.decision", "promoted")
+        mc.set_model_version_tag(model, new, "gate.copy_of", str(version))
+    return new

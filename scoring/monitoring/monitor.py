@@ -13,6 +13,7 @@ Checks of a day (names as in ops.monitoring_checks; limits from models.yaml `mon
                                                            the day has online_min_rows logged rows
   attribution.<feature>, attribution_mean_abs.<feature>    each feature's mean |contribution| (its influence on
                                                            the scores) against the training window's
+  online.challenger.*                                      the challenger's online shadow against what was served
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ def gather_checks(conn: psycopg.Connection, spec: ModelSpec, day: dt.date, refer
                                 limits.score_psi_day, f"against {previous.day}"))
     report.holdout_metric = reference.holdout_metric
     checks += online_checks(conn, spec, day, reference, run.version, report)
+    from scoring.monitoring.shadow import online_challenger_checks  # shadow.py builds on this package
+
+    checks += online_challenger_checks(conn, spec, day)
     return checks, report
 
 

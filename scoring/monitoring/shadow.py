@@ -10,6 +10,13 @@ champion's predictions of the same day, so that a promotion can be decided on ev
   challenger.metric_gain                   challenger's realised metric minus the champion's, signed so that a
                                            positive value means the challenger did better
 All are figures (status info): evidence for a person deciding, not alerts.
+
+Online, the async worker scores the payload log's sampled live rows with the challenger (serving/shadow.py) and
+writes its answers beside the champion's (ops.online_payloads, route 'shadow'); the monitor pairs them:
+
+  online.challenger.version, .rows         which version, how many logged live rows it scored
+  online.challenger.agreement              as challenger.agreement, on live traffic
+  online.challenger.mean_abs_diff          mean |challenger score - served score| on live traffic
 """
 
 from __future__ import annotations
@@ -115,3 +122,31 @@ def challenger_checks(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -
         out.append(judge("challenger.metric_gain", gain, None,
                          f"challenger {mine:.4f} against champion {theirs:.4f} ({spec.metric})"))
     return out
+
+
+def online_challenger_checks(conn: psycopg.Connection, spec: ModelSpec, day: dt.date) -> list[CheckResult]:
+    """The challenger's online shadow answers against what was served for the same logged rows on `day` (a pair:
+    the same logged_at, request id and features); no checks when it scored none."""
+    from scoring.rollout import SHADOW_ROUTE
+
+    if spec.is_classifier:
+        agree = sql.SQL("avg(((s.score > 0.5) = (p.score > 0.5))::int)")
+    else:
+        agree = sql.SQL("avg((abs(s.score - p.score) <= {} * greatest(abs(p.score), 1e-9))::int)").format(
+            sql.Literal(AGREEMENT_TOLERANCE))
+    row = conn.execute(sql.SQL(
+        "SELECT count(*), {agree}, avg(abs(s.score - p.score)), max(s.model_version) "
+        "FROM ops.online_payloads s JOIN ops.online_payloads p ON p.model_name = s.model_name "
+        "AND p.log_date = s.log_date AND p.logged_at = s.logged_at AND p.route <> %s "
+        "AND p.request_id IS NOT DISTINCT FROM s.request_id AND p.features = s.features "
+        "WHERE s.model_name = %s AND s.log_date = %s AND s.route = %s").format(agree=agree),
+        (SHADOW_ROUTE, spec.name, day, SHADOW_ROUTE)).fetchone()
+    conn.commit()
+    rows, agreement, mad, version = row
+    if not rows:
+        return []
+    return [judge("online.challenger.version", float(version) if version is not None else None, None),
+            judge("online.challenger.rows", float(rows), None, "logged live rows the challenger scored in shadow"),
+            judge("online.challenger.agreement", float(agreement), None,
+                  "same class as served" if spec.is_classifier else f"within {AGREEMENT_TOLERANCE:.0%} of served"),
+            judge("online.challenger.mean_abs_diff", float(mad), None, "challenger score - served score, live")]
