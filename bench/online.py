@@ -27,7 +27,7 @@ and removes them after;
 pass --database-url and --tracking-uri to use running services (the model must have a champion and the latest
 day must have precomputed predictions). Installs `wrk` with apt-get when missing. The last line is:
   online live_rps=X vs_best_peer=Yx live_vs_floor_flask=F lookup_vs_ceiling=W p99_ms=P errors=E
-         [grpc_1row_vs_rest=G grpc_100row_rows_vs_1row=H]
+         [grpc_1row_vs_rest=G grpc_100row_rows_vs_1row=H] [canary_vs_off=C shadow_vs_off=S]
 """
 
 from __future__ import annotations
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-mlflow-serve", action="store_true", help="do not run the mlflow models serve peer")
     parser.add_argument("--skip-mlserver", action="store_true", help="do not run the MLServer peer")
     parser.add_argument("--skip-grpc", action="store_true", help="do not run the gRPC vs REST /v2 scenario")
+    parser.add_argument("--skip-rollout", action="store_true", help="do not run the canary / online shadow scenario")
     parser.add_argument("--mlserver-venv", type=Path, default=None,
                         help="an existing venv with MLServer (default: the bench's own, "
                              ".local/bench-venvs/mlserver, built from bench/peers/mlserver-requirements.txt)")
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     root = platform.root
     procs: list[subprocess.Popen] = []  # besides the platform's own (stopped by platform.close())
     own_stack = not (args.database_url and args.tracking_uri)
+    rollout = None  # bench/rollout_bench.py's Prepared, when that scenario runs
     try:
         if not own_stack:
             os.environ["DATABASE_URL"] = args.database_url
@@ -394,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
             grpc_doors = [Door("", ("127.0.0.1", http_port), f"127.0.0.1:{grpc_port}"),
                           Door("gw-", ("127.0.0.1", gw_http), f"127.0.0.1:{gw_grpc}")]
 
+        if not args.skip_rollout:  # issue 24: a 10% canary and the online shadow (bench/rollout_bench.py)
+            from bench import rollout_bench
+
+            rollout = rollout_bench.prepare(platform, MODEL, version, f"unix:{app_socket}", env, live_bodies[0])
         if own_stack:
             # Every target has its model in memory now; the registry is on no request path. Our own tracking
             # server (and its background job consumers) would only compete for the 2 cores during the runs.
@@ -420,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
             from bench import grpc_infer
 
             grpc_runs = grpc_infer.scenario(MODEL, grpc_doors, matrix[:1], matrix[:100], args.duration, args.rounds)
+        rollout_figures = ""
+        if rollout is not None:
+            rollout_runs = rollout_bench.measure(rollout, wrk, predict, live_bodies, args.duration, args.rounds)
 
         print(f"\nbest of {args.rounds} round(s), {args.duration}s each, {CONNECTIONS} connections, "
               "one row per request")
@@ -460,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
               f"live/ceiling={live.rps / ceiling.rps:.2f} lookup/ceiling={lookup_ratio:.2f}")
         if grpc_doors:
             grpc_figures = " " + grpc_infer.report(grpc_runs)
+        if rollout is not None:
+            rollout_figures = " " + rollout_bench.report(rollout_runs)
         targets = {"live >= 3x the fastest peer": vs_best >= 3,
                    "live >= 0.9x floor-flask": live.rps >= 0.9 * flask_floor.rps,
                    "live with payload logging >= 0.95x live-nolog": live.rps >= 0.95 * nolog_run.rps,
@@ -468,13 +479,16 @@ def main(argv: list[str] | None = None) -> int:
         print("targets: " + "; ".join(f"{name}: {'met' if met else 'MISSED'}" for name, met in targets.items()))
         print(f"online live_rps={live.rps:.0f} vs_best_peer={vs_best:.2f}x "
               f"live_vs_floor_flask={live.rps / flask_floor.rps:.2f} lookup_vs_ceiling={lookup_ratio:.2f} "
-              f"payload_log_vs_off={live.rps / nolog_run.rps:.2f} p99_ms={p99:.1f} errors={errors}{grpc_figures}")
+              f"payload_log_vs_off={live.rps / nolog_run.rps:.2f} p99_ms={p99:.1f} errors={errors}{grpc_figures}"
+              f"{rollout_figures}")
         return 0
     except Exception:
         for log in sorted(root.glob("gunicorn-*.log")):
             print(f"--- {log.name}\n{log.read_text()[-1500:]}", file=sys.stderr)
         raise
     finally:
+        if rollout is not None:
+            rollout_bench.close(rollout)
         for proc in procs:
             stop_process(proc)
         platform.close()

@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -47,10 +47,13 @@ from scoring import job_queue
 from scoring.db import database_url
 from scoring.scorer import Scorer
 from scoring.settings import load, setting
-from scoring.spec import load_spec
+from scoring.spec import ModelSpec, load_spec
 from serving.config import ConfigError, Settings
 from serving.model_holder import ModelHolder
 from serving.predict import Predictor
+
+if TYPE_CHECKING:
+    from serving.shadow import OnlineShadow
 
 log = logging.getLogger("serving.worker")
 
@@ -326,7 +329,7 @@ def main(wrap_scorer: ScorerWrapper | None = None) -> int:
         holder.stop()
 
 
-def online_shadow(spec, settings: Settings, worker_settings: WorkerSettings):  # noqa: ANN001, ANN201
+def online_shadow(spec: ModelSpec, settings: Settings, worker_settings: WorkerSettings) -> OnlineShadow:
     """The challenger scoring the payload log's live rows beside the job loop (serving/shadow.py)."""
     from scoring.registry import CHALLENGER
     from serving.shadow import OnlineShadow
