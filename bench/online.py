@@ -18,6 +18,8 @@ Side by side, in one run, under the same gunicorn settings (serving/gunicorn.con
                        live and lookup, reached over a Unix socket (as `make up` does: STACK_GATEWAY_UNIX)
   gw-live-tcp, gw-lookup-tcp   the same through a second gateway reaching that app over loopback TCP (the A/B)
   gw-live-slow8        gw-live with 8 slow clients held open (headers and part of a body, a byte every 2 s)
+  gw-off, gw-canary10, gw-shadow   live through a gateway without a canary, with a 10% canary, and with the online
+                       shadow running (bench/rollout_bench.py; --skip-rollout leaves them out)
   rest-1, grpc-1, grpc-100  REST /v2 infer and gRPC ModelInfer (1 and 100 rows) on one replica, the same Python
                        load generator for both (bench/grpc_infer.py; --skip-grpc leaves them out); gw-rest-1,
                        gw-grpc-1, gw-grpc-100 the same through a gateway's REST and gRPC listeners (the targets)
