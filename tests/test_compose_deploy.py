@@ -367,8 +367,11 @@ def test_a_rolling_upgrade_fails_no_request(deployed) -> None:
         began = time.monotonic()
         for model in online_models():
             rollout.roll_replicas(dep, f"serving-{model}", new)
+        # the job replica sets in place: the load here submits no job (and their routes have the sync replicas
+        # as backups)
         rollout.recreate(dep, ["mlflow", "worker-churn", "worker-spend", "airflow-apiserver", "airflow-scheduler",
-                               "airflow-dag-processor", "airflow-triggerer", "airflow-worker"], new)
+                               "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
+                               *(f"serving-{m}-jobs" for m in online_models())], new)
         TIMINGS["rolling upgrade"] = time.monotonic() - began
     say(f"rolling upgrade: {report.summary()}")
     assert report.ok > 100 and not report.failures, report.summary()

@@ -78,7 +78,7 @@ def roll_replicas(dep: Deployment, service: str, env: dict[str, str]) -> list[st
 
 
 def recreate(dep: Deployment, services: list[str], env: dict[str, str]) -> None:
-    """Recreate single-container services in place with `env`'s image, waiting for each to be healthy."""
-    for service in services:
-        dep.compose("up", "-d", "--no-deps", "--wait", service, env=env, timeout=600)
-        say(f"recreated {service}")
+    """Recreate services in place with `env`'s image, all at once (one `up`: in one after the other, waiting for
+    each to be healthy, Airflow's five took most of an 8-minute upgrade), until every one is healthy."""
+    dep.compose("up", "-d", "--no-deps", "--wait", *services, env=env, timeout=900)
+    say(f"recreated {', '.join(services)}")
