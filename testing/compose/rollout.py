@@ -29,7 +29,7 @@ def routed(dep: Deployment) -> dict[str, list[str]]:
     return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
 
 
-def wait_routed(dep: Deployment, service: str, ips: set[str], timeout: float = 120) -> None:
+def wait_routed(dep: Deployment, service: str, ips: set[str], timeout: float = 300) -> None:
     """Until the gateway routes `service` to exactly `ips`."""
     deadline = time.monotonic() + timeout
     while set(routed(dep).get(service, [])) != ips:
