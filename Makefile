@@ -17,8 +17,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The suite (plain pytest deselects the compose marker), then the compose deployment on a real Docker engine.
 test: venv
 	$(VENV)/bin/pytest -q
+	$(MAKE) --no-print-directory test-compose
 
 # The fast lane: every test that needs no service (no PostgreSQL, MLflow, gunicorn or Airflow run is started);
 # tests using a service fixture are marked `services` by tests/conftest.py. Its target is a ratio: wall time over
@@ -99,9 +101,10 @@ bench-online: venv
 bench-faults: venv
 	$(PY) bench/faults.py
 
-# The compose deployment for real on this machine's Docker engine (tests/test_compose_deploy.py; not yet part of
-# `make test`: see addopts in pyproject.toml): installs docker.io, debootstrap and the pinned Compose CLI when missing, starts dockerd when
-# none runs, stand-in base images when the official ones cannot be pulled, one deployment driven end to end.
+# The compose deployment for real on this machine's Docker engine (tests/test_compose_deploy.py; `make test` runs
+# it last): installs docker.io, debootstrap and the pinned Compose CLI when missing, starts dockerd when none runs
+# (and stops only that one), stand-in base images when the official ones cannot be pulled, one deployment driven
+# end to end and torn down (down -v).
 .PHONY: test-compose deploy-local deploy-demo deploy-down
 test-compose: venv
 	$(VENV)/bin/pytest -q -m compose tests/test_compose_deploy.py
