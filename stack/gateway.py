@@ -170,27 +170,37 @@ def check_config(cfg: StackConfig, binary: str) -> None:
         raise GatewayError(f"nginx rejects {config_path(cfg)}: {result.stderr.strip()[-800:]}")
 
 
+def nginx_workers(master_pid: int) -> tuple[set[int], bool]:
+    """The pids of nginx's live workers, and whether any of them is an old one still shutting down."""
+    import psutil
+
+    try:
+        children = psutil.Process(master_pid).children()
+    except psutil.NoSuchProcess as exc:
+        raise GatewayError(f"gateway (pid {master_pid}) is not running") from exc
+    except psutil.Error:
+        return set(), True
+    titles = []
+    for child in children:
+        try:  # an old worker may exit between the listing and this look: then it is simply gone
+            if child.status() != psutil.STATUS_ZOMBIE:
+                titles.append((child.pid, " ".join(child.cmdline())))
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error:
+            return set(), True
+    return {pid for pid, _ in titles}, any("shutting down" in title for _, title in titles)
+
+
 def reload(master_pid: int, timeout: float = 15.0) -> None:
     """SIGHUP: nginx re-reads its config and replaces its workers gracefully. Returns once only new workers
     are left: the old ones finish the requests they hold (with the old config's replicas) before they exit, so
     after this no request can still go to a replica the new config took out of rotation."""
-    import psutil
-
-    def workers() -> tuple[set[int], bool]:
-        try:
-            children = psutil.Process(master_pid).children()
-            titles = [(c.pid, " ".join(c.cmdline())) for c in children if c.status() != psutil.STATUS_ZOMBIE]
-        except psutil.NoSuchProcess as exc:
-            raise GatewayError(f"gateway (pid {master_pid}) is not running") from exc
-        except psutil.Error:
-            return set(), True
-        return {pid for pid, _ in titles}, any("shutting down" in title for _, title in titles)
-
-    before, _ = workers()
+    before, _ = nginx_workers(master_pid)
     os.kill(master_pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        current, draining = workers()
+        current, draining = nginx_workers(master_pid)
         if current and not current & before and not draining:
             return
         time.sleep(0.05)

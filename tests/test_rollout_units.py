@@ -171,3 +171,41 @@ def test_window_keeps_counts_and_a_p99_close_to_the_exact_one() -> None:
     assert champion.p99_ms == pytest.approx(exact, rel=0.05)
     window.add([], now=1100)  # a minute later: nothing left
     assert window.arms("churn", 0, {"unix:/c.sock"}, {"unix:/a.sock"})[0].requests == 0
+
+
+def test_a_worker_that_exits_while_the_gateway_is_listed_is_not_the_gateway_dying(monkeypatch) -> None:
+    """A reload lists nginx's workers while old ones exit; one gone between the listing and the look at it
+    (seen in CI: 'gateway is not running' for a live master) is simply not counted."""
+    import sys
+
+    import psutil
+
+    from stack.gateway import GatewayError, nginx_workers
+
+    # a master that reaps its workers as nginx's does, so an exited one leaves no zombie behind
+    code = "import os,subprocess; [subprocess.Popen(['sleep','30']) for _ in range(2)]; os.wait(); os.wait()"
+    master = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        parent = psutil.Process(master.pid)
+        while len(parent.children()) < 2:
+            pass
+        real_children = psutil.Process.children
+
+        def children_then_one_exits(self, *args, **kwargs):  # the fault: a worker exits right after the listing
+            found = real_children(self, *args, **kwargs)
+            found[0].kill()
+            found[0].wait(5)
+            return found
+
+        monkeypatch.setattr(psutil.Process, "children", children_then_one_exits)
+        live, draining = nginx_workers(master.pid)
+        monkeypatch.undo()
+        survivors = {c.pid for c in parent.children()}
+        assert live == survivors and len(live) == 1 and not draining
+    finally:
+        for child in psutil.Process(master.pid).children():
+            child.kill()
+        master.kill()
+        master.wait()
+    with pytest.raises(GatewayError, match="not running"):
+        nginx_workers(master.pid)
