@@ -1,7 +1,7 @@
 """Async queue benchmark (`make bench-async`): end to end, clients submitting over HTTP while workers drain.
 
 It starts its own PostgreSQL cluster, MLflow server, a trained churn model, one gunicorn deployment (2 sync
-workers, as deployed; --serving-threads N for gthread) and `python -m serving.worker` processes
+workers, as deployed; --serving-threads N for gthread) and `python -m serving.job_worker` processes
 (testing/platform.py), then in one run:
 
 1. live: single-row `POST /v1/models/churn/predict`, wrk with 32 connections (apt-get installs wrk when missing;

@@ -82,7 +82,7 @@ def _dotenv(name: str, kind: str, default: str | None, doc: str, **kw: Any) -> V
 _CORE = "Shared core"
 _SERVING = "Online serving (the Flask app)"
 _GUNICORN = "Online serving (gunicorn, `serving/gunicorn.conf.py`)"
-_WORKER = "Async worker (`python -m serving.worker`)"
+_WORKER = "Async worker (`python -m serving.job_worker`)"
 _BATCH = "Batch and Airflow"
 _STACK = "Local stack (`make up`)"
 _COMPOSE = "Container deployment (`.env` for `docker-compose.yaml`)"

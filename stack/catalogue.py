@@ -278,7 +278,7 @@ def worker_services(cfg: StackConfig) -> list[Service]:
     for model in served_models():
         env = base_env(cfg)
         env["SERVING_MODEL"] = model
-        out.append(Service(f"worker-{model}", "worker", [sys.executable, "-m", "serving.worker"], env, always,
+        out.append(Service(f"worker-{model}", "worker", [sys.executable, "-m", "serving.job_worker"], env, always,
                            timeout=30, settle=3.0, stage=3))
     return out
 
@@ -307,7 +307,7 @@ def catalogue(cfg: StackConfig) -> tuple[list[Service], list[str]]:
         if worker_available():
             services.extend(worker_services(cfg))
         else:
-            notes.append("async workers not started: serving/worker.py is not in this checkout yet")
+            notes.append("async workers not started: serving/job_worker.py is not in this checkout yet")
     if cfg.wants("gateway") and cfg.wants("serving") and serving_available():
         services.append(gateway_service(cfg))
         if cfg.canary_replicas:

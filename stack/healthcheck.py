@@ -41,7 +41,7 @@ def check_worker() -> str | None:
     # The worker is the container's main process (PID 1): if it died the container would be gone, but a
     # worker that cannot reach its queue is up yet useless.
     cmdline = Path("/proc/1/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    if "serving.worker" not in cmdline:
+    if "serving.job_worker" not in cmdline:
         return f"PID 1 is not the worker ({cmdline.strip()!r})"
     import psycopg
 

@@ -1,4 +1,4 @@
-"""A real async worker process with a fault, for tests: `serving.worker.main` (same settings from the
+"""A real async worker process with a fault, for tests: `serving.job_worker.main` (same settings from the
 environment: SERVING_MODEL, DATABASE_URL, WORKER_*) with its scorer wrapped in a `FaultyScorer`.
 
     python -m testing.faulty_worker --stall 120                      # claims, then hangs holding the leases
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poison", type=_poison, default=None, help="<feature>=<json value> to refuse")
     args = parser.parse_args(argv)
 
-    from serving import worker
+    from serving import job_worker as worker
 
     return worker.main(wrap_scorer=lambda scorer: FaultyScorer(scorer, stall_s=args.stall, poison=args.poison))
 

@@ -223,7 +223,7 @@ class Platform:
         return proc
 
     def worker(self, model: str, name: str, env: Mapping[str, str] | None = None) -> AsyncWorker:
-        """`python -m serving.worker` for `model`, output in <root>/<name>.log; killed on close() if running."""
+        """`python -m serving.job_worker` for `model`, output in <root>/<name>.log; killed on close() if running."""
         worker = AsyncWorker(model, self.root / f"{name}.log", env)
         self._workers.append(worker)
         return worker

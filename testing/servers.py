@@ -60,11 +60,11 @@ def wait_grpc(address: str, timeout: float, name: str) -> None:
 
 
 class AsyncWorker:
-    """`python -m serving.worker` for `model` (settings from this process's environment plus `env`), its
+    """`python -m serving.job_worker` for `model` (settings from this process's environment plus `env`), its
     output in `log_path`. `module` may name another launcher with its arguments (e.g. a fault-injecting one)."""
 
     def __init__(self, model: str, log_path: Path, env: Mapping[str, str] | None = None,
-                 module: str | Sequence[str] = "serving.worker") -> None:
+                 module: str | Sequence[str] = "serving.job_worker") -> None:
         self.log_path = log_path
         self.log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
         launcher = [module] if isinstance(module, str) else list(module)

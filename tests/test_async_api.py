@@ -1,5 +1,5 @@
 """The job endpoints through the real Flask app (create_app) on the real test PostgreSQL; the end-to-end test
-scores with an in-process Worker and the real registry model."""
+scores with an in-process JobWorker and the real registry model."""
 
 from __future__ import annotations
 
@@ -145,8 +145,8 @@ def test_bearer_token_protects_the_job_routes(db_url):
 
 def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
     """Submit over HTTP, one in-process worker step, poll: the predictions are Scorer.score's (Invariant 1)."""
+    from serving.job_worker import JobWorker, JobWorkerSettings
     from serving.model_holder import ModelHolder
-    from serving.worker import Worker, WorkerSettings
 
     spec = specs["churn"]
     frame = generate_day(dt.date(2026, 11, 3), 40, seed=21)[spec.feature_names]
@@ -155,7 +155,7 @@ def test_end_to_end_result_equals_scorer(client, db_url, specs, trained_models):
     ids = [client.post("/v1/models/churn/jobs", json={"records": recs[i:i + 4]}).json["id"] for i in range(0, 40, 4)]
     holder = ModelHolder(spec)
     holder.check_now()
-    worker = Worker("churn", holder, WorkerSettings(batch_size=1000), db_url)
+    worker = JobWorker("churn", holder, JobWorkerSettings(batch_size=1000), db_url)
     try:
         while worker.step():
             pass

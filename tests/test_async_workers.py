@@ -1,4 +1,4 @@
-"""Real worker processes (`python -m serving.worker`) against the real test PostgreSQL and MLflow registry:
+"""Real worker processes (`python -m serving.job_worker`) against the real test PostgreSQL and MLflow registry:
 exclusive claims across two workers, a SIGKILLed worker's jobs finished by another, poison jobs, SIGTERM,
 a PostgreSQL restart, and async results equal to Scorer.score (Invariant 1)."""
 
@@ -37,7 +37,7 @@ def workers(tmp_path, db_url, mlflow_server, trained_models):
         env = {**os.environ, "SERVING_MODEL": model, "DATABASE_URL": url, "WORKER_LEASE_S": "2",
                "WORKER_IDLE_POLL_S": "1", "WORKER_RETRY_BACKOFF_S": "0.1", "SERVING_POLL_INTERVAL_S": "60"}
         env.update({k.upper(): str(v) for k, v in settings.items()})
-        module = ["testing.faulty_worker", *fault] if fault else ["serving.worker"]
+        module = ["testing.faulty_worker", *fault] if fault else ["serving.job_worker"]
         w = AsyncWorker(model, tmp_path / f"worker{len(started)}.log", env, module)
         started.append(w)
         return w
@@ -195,8 +195,8 @@ def test_worker_hot_reloads_a_new_champion_between_batches(db_url, conn, specs, 
     and each job records the version that scored it (in-process worker, real registry)."""
     from mlflow import MlflowClient
 
+    from serving.job_worker import JobWorker, JobWorkerSettings
     from serving.model_holder import ModelHolder
-    from serving.worker import Worker, WorkerSettings
 
     spec = specs["spend"]
     registry = MlflowClient()
@@ -204,7 +204,7 @@ def test_worker_hot_reloads_a_new_champion_between_batches(db_url, conn, specs, 
     new = registry.copy_model_version(f"models:/spend/{before}", "spend").version
     holder = ModelHolder(spec, poll_interval_s=3600)
     holder.check_now()
-    worker = Worker("spend", holder, WorkerSettings(batch_size=64), db_url)
+    worker = JobWorker("spend", holder, JobWorkerSettings(batch_size=64), db_url)
     rows = features(spec, records(6, seed=4))
     try:
         first = submit_all(conn, "spend", [[r] for r in rows[:3]])

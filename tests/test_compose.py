@@ -187,7 +187,7 @@ def test_one_serving_deployment_and_worker_per_model(services: dict[str, dict[st
         assert f"upstream grpc_{model} {{\n        server serving-{model}:{COMPOSE_GRPC_PORT}" in gateway
         routes.add(f"/models/{model}/")
         worker = services[f"worker-{model}"]
-        assert worker["command"] == ["python", "-m", "serving.worker"]
+        assert worker["command"] == ["python", "-m", "serving.job_worker"]
         assert _env(worker)["SERVING_MODEL"] == model
         assert _env(worker)["DATABASE_URL"].endswith("@postgres:5432/serving")
     assert len(routes) == len(online_models()), "each deployment has its own route at the gateway"

@@ -13,7 +13,7 @@ Each path meets each case:
     version missing   fails, no retry           exit 1, named      nothing to serve yet (not a refusal)
     MLflow down       raises for the retries    exit 1, named      keeps what it has (not a refusal)
 
-The async worker serves through the same ModelHolder (serving/worker.py builds one), so its column is the holder's.
+The async worker serves through the same ModelHolder (serving/job_worker.py builds one), so its column is the holder's.
 """
 
 from __future__ import annotations

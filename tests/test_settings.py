@@ -78,7 +78,7 @@ def test_unset_and_empty_give_the_default_except_where_empty_means_off() -> None
 
 def test_component_settings_are_typed_from_an_env_mapping() -> None:
     from serving.config import ConfigError, GunicornSettings, Settings
-    from serving.worker import WorkerSettings
+    from serving.job_worker import JobWorkerSettings
     from stack.config import StackConfig
 
     env = {"SERVING_MODEL": "churn", "SERVING_POLL_INTERVAL_S": "0.5", "SERVING_MAX_ROWS": "7",
@@ -99,7 +99,7 @@ def test_component_settings_are_typed_from_an_env_mapping() -> None:
     assert (g.workers, g.threads, g.effective_worker_class, g.timeout_s) == (3, 4, "gthread", 60)
     assert GunicornSettings.from_env({}).effective_worker_class == "sync"
 
-    w = WorkerSettings.from_env(env)
+    w = JobWorkerSettings.from_env(env)
     assert (w.lease_s, w.batch_size, w.max_batch_records, w.log_level) == (2.0, 8, 50_000, "info")
 
     c = StackConfig.from_env(env)
@@ -194,7 +194,7 @@ def test_gunicorn_stops_at_a_bad_value_naming_it() -> None:
 
 
 def test_the_worker_stops_at_a_bad_value_naming_it() -> None:
-    result = _run([sys.executable, "-m", "serving.worker"], SERVING_MODEL="churn", WORKER_LEASE_S="-1")
+    result = _run([sys.executable, "-m", "serving.job_worker"], SERVING_MODEL="churn", WORKER_LEASE_S="-1")
     assert result.returncode == 2
     assert "WORKER_LEASE_S='-1': must be a number > 0" in result.stderr
 

@@ -12,7 +12,7 @@ Records are validated at the door by job intake (serving/job_intake.py) with liv
 check (the same 4xx answers). A 202 means the job is committed: concurrent single submits of one serving process
 share one commit (group commit, serving/group_commit.py). A job belongs to the client that submitted it: another
 client's job is 404, and idempotency keys are per client. A queued job not claimed within SERVING_JOB_TTL_S ends
-`expired` with the reason. Workers (`python -m serving.worker`) do the scoring.
+`expired` with the reason. Workers (`python -m serving.job_worker`) do the scoring.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The async prediction worker: `SERVING_MODEL=churn python -m serving.worker`.
+"""The async prediction worker, the "job worker" (a gunicorn worker serves HTTP; this one drains the job queue):
+`SERVING_MODEL=churn python -m serving.job_worker`.
 
 Loop: claim up to WORKER_BATCH_SIZE queued jobs (FOR UPDATE SKIP LOCKED, leased), score all their records in one
 call of the serving prediction function (serving/predict.py: micro-batch), write results and failures in one
@@ -55,13 +56,13 @@ from serving.predict import Predictor
 if TYPE_CHECKING:
     from serving.shadow import OnlineShadow
 
-log = logging.getLogger("serving.worker")
+log = logging.getLogger("serving.job_worker")
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
+class JobWorkerSettings:
     # names, defaults and bounds (positive sizes and lease, backoff not negative) are declared in scoring/settings.py
     batch_size: int = setting("WORKER_BATCH_SIZE")
     max_batch_records: int = setting("WORKER_MAX_BATCH_RECORDS")  # records per scorer call (jobs carry many)
@@ -76,7 +77,7 @@ class WorkerSettings:
     max_reconnect_backoff_s: float = 10.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> JobWorkerSettings:
         return load(cls, env)
 
 
@@ -145,8 +146,8 @@ class LeaseKeeper:
                     conn.close()
 
 
-class Worker:
-    def __init__(self, model: str, holder: ModelHolder, settings: WorkerSettings, url: str | None = None, *,
+class JobWorker:
+    def __init__(self, model: str, holder: ModelHolder, settings: JobWorkerSettings, url: str | None = None, *,
                  wrap_scorer: ScorerWrapper | None = None) -> None:
         self.model = model
         self.wrap_scorer = wrap_scorer  # tests only: a fault in front of the real scorer
@@ -300,8 +301,8 @@ class Worker:
 
 def _log_level() -> str:
     try:
-        return load(WorkerSettings).log_level.upper()
-    except ValueError:  # WorkerSettings.from_env reports it, once logging is set up
+        return load(JobWorkerSettings).log_level.upper()
+    except ValueError:  # JobWorkerSettings.from_env reports it, once logging is set up
         return "INFO"
 
 
@@ -310,14 +311,14 @@ def main(wrap_scorer: ScorerWrapper | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = Settings.from_env()
-        worker_settings = WorkerSettings.from_env()
+        worker_settings = JobWorkerSettings.from_env()
         spec = load_spec(settings.model)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     holder = ModelHolder(spec, ref=settings.model_ref, poll_interval_s=settings.poll_interval_s,
                          threads=settings.booster_threads, allow_ungated=settings.allow_ungated)
-    worker = Worker(spec.name, holder, worker_settings, settings.database_url, wrap_scorer=wrap_scorer)
+    worker = JobWorker(spec.name, holder, worker_settings, settings.database_url, wrap_scorer=wrap_scorer)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     holder.start()
@@ -329,7 +330,7 @@ def main(wrap_scorer: ScorerWrapper | None = None) -> int:
         holder.stop()
 
 
-def online_shadow(spec: ModelSpec, settings: Settings, worker_settings: WorkerSettings) -> OnlineShadow:
+def online_shadow(spec: ModelSpec, settings: Settings, worker_settings: JobWorkerSettings) -> OnlineShadow:
     """The challenger scoring the payload log's live rows beside the job loop (serving/shadow.py)."""
     from scoring.registry import CHALLENGER
     from serving.shadow import OnlineShadow
