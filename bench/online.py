@@ -20,16 +20,17 @@ Side by side, in one run, under the same gunicorn settings (serving/gunicorn.con
   gw-live-slow8        gw-live with 8 slow clients held open (headers and part of a body, a byte every 2 s)
   gw-off, gw-canary10, gw-shadow   live through a gateway without a canary, with a 10% canary, and with the online
                        shadow running (bench/rollout_bench.py; --skip-rollout leaves them out)
-  rest-1, grpc-1, grpc-100  REST /v2 infer and gRPC ModelInfer (1 and 100 rows) on one replica, the same Python
-                       load generator for both (bench/grpc_infer.py; --skip-grpc leaves them out); gw-rest-1,
+  rest-1, grpc-1, grpc-100  REST /v2 infer and gRPC ModelInfer (1 and 100 rows) on one replica, driven by h2load
+                       (rest-1 by wrk; bench/grpc_infer.py; --skip-grpc leaves them out); gw-rest-1,
                        gw-grpc-1, gw-grpc-100 the same through a gateway's REST and gRPC listeners (the targets)
 
 By default it starts its own PostgreSQL, MLflow server and trained model (testing/platform.py) under a temp dir
 and removes them after;
 pass --database-url and --tracking-uri to use running services (the model must have a champion and the latest
-day must have precomputed predictions). Installs `wrk` with apt-get when missing. The last line is:
+day must have precomputed predictions). Installs `wrk` and `h2load` (nghttp2-client) with apt-get when missing.
+The last line is:
   online live_rps=X vs_best_peer=Yx live_vs_floor_flask=F lookup_vs_ceiling=W p99_ms=P errors=E
-         [grpc_1row_vs_rest=G grpc_100row_rows_vs_1row=H] [canary_vs_off=C shadow_vs_off=S]
+         [grpc_1row_vs_rest=G grpc_100row_rows_vs_1row=H] [canary_vs_off=C champion_p99_vs_off=Q shadow_vs_off=S]
 """
 
 from __future__ import annotations

@@ -134,8 +134,10 @@ def test_rollout_bench_reports_the_figures_for_the_last_line() -> None:
         return SimpleNamespace(name=name, rps=rps, p99_ms=p99, errors=0)
 
     runs = rollout_bench.Runs({"gw-off": run("gw-off", 2000, 10), "gw-canary10": run("gw-canary10", 1900, 11),
-                               "gw-shadow": run("gw-shadow", 1700, 10)}, challenger_answers=0, shadow_rows=5)
-    assert rollout_bench.report(runs) == "canary_vs_off=0.95 shadow_vs_off=0.85"
+                               "gw-shadow": run("gw-shadow", 1700, 10)},
+                              champion_p99_ms={"gw-off": 9.0, "gw-canary10": 12.0, "gw-shadow": 9.0},
+                              challenger_answers=0, shadow_rows=5)
+    assert rollout_bench.report(runs) == "canary_vs_off=0.95 champion_p99_vs_off=1.33 shadow_vs_off=0.85"
 
 
 def test_live_rows_are_counted_by_the_version_that_scored_them(scorer) -> None:
