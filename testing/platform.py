@@ -48,10 +48,10 @@ class Postgres:
     """A PostgreSQL cluster of its own (stack/pg.py: initdb/pg_ctl, as the postgres user when root) on a port
     reserved up front, started on first need with `databases` created."""
 
-    def __init__(self, root: Path, databases: Sequence[str] = DATABASES) -> None:
+    def __init__(self, root: Path, databases: Sequence[str] = DATABASES, durable: bool = False) -> None:
         self._reservation: socket.socket | None = _reserve_port()
-        # throwaway: fsync & co. off for speed (make up's cluster keeps them on)
-        self.cluster = PgCluster(root / "pgdata", self._reservation.getsockname()[1], durable=False)
+        # throwaway: fsync & co. off for speed unless asked (make up's cluster keeps them on)
+        self.cluster = PgCluster(root / "pgdata", self._reservation.getsockname()[1], durable=durable)
         self.databases = tuple(databases)
         self.started = False
         self._migrated: set[str] = set()
@@ -187,10 +187,11 @@ class Platform:
     """The pieces above under one temporary directory; each starts on first need, close() stops them all.
     database() and mlflow() also point this process's DATABASE_URL / MLFLOW_TRACKING_URI at what they start."""
 
-    def __init__(self, prefix: str = "platform-", databases: Sequence[str] = DATABASES) -> None:
+    def __init__(self, prefix: str = "platform-", databases: Sequence[str] = DATABASES,
+                 durable_postgres: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
         os.chmod(self.root, 0o755)  # the PostgreSQL server runs as the postgres user when we are root
-        self.postgres = Postgres(self.root, databases)
+        self.postgres = Postgres(self.root, databases, durable_postgres)
         self._mlflow: MlflowServer | None = None
         self._procs: list[subprocess.Popen] = []
         self._workers: list[AsyncWorker] = []
