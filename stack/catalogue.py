@@ -195,7 +195,7 @@ def serving_available() -> bool:
 
 
 def worker_available() -> bool:
-    return (REPO / "serving" / "worker.py").exists()
+    return (REPO / "serving" / "job_worker.py").exists()
 
 
 def mlflow_service(cfg: StackConfig) -> Service:
