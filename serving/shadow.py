@@ -64,6 +64,9 @@ class OnlineShadow:
         self.max_rows = max_rows
         self.lag_s = lag_s
         self.scored = 0  # rows written by this process (tests, logs)
+        self.skipped = 0  # logged rows the challenger could not take
+        self._since: dt.datetime | None = None  # the last row this process read (the database's watermark is
+        # the last one written: a page of rows that could not be scored would be read again at every pass)
         self._lock_key = zlib.crc32(f"online-shadow:{spec.name}".encode())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,6 +117,8 @@ class OnlineShadow:
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_key,)).fetchone()[0]:
             return 0  # held by another worker's session (ours re-enters: it is a session lock)
         since = conn.execute(_WATERMARK, (self.spec.name, SHADOW_ROUTE)).fetchone()[0]
+        if self._since is not None and (since is None or self._since > since):
+            since = self._since  # past a page this process read but could not score a row of
         if since is None:
             since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=_START_BACK_S)
         version = int(scorer.version) if str(scorer.version).isdigit() else None
@@ -123,9 +128,21 @@ class OnlineShadow:
             rows = [r for r in rows if r[0] != rows[-1][0]]
         if not rows:
             return 0
+        last_read = rows[-1][0]
         names = self.spec.feature_names
         records = [{k: _number(v) for k, v in json.loads(r[4]).items() if k in names} for r in rows]
-        preds = scorer.predict_matrix(scorer.encode(records).matrix)
+        # A row logged under another spec (a category since dropped, a new feature, ...) is skipped, counted and
+        # named: one row the challenger cannot take must not stop the shadow.
+        encoded = scorer.encode(records, reject=True)
+        if encoded.rejects:
+            self.skipped += encoded.n_rejected
+            log.warning("online shadow %s: %d logged row(s) skipped, the challenger cannot take them (first: %s)",
+                        self.spec.name, encoded.n_rejected, encoded.rejects[0])
+            rows = [r for r, ok in zip(rows, encoded.valid.tolist(), strict=True) if ok]
+            if not rows:
+                self._since = last_read
+                return 0
+        preds = scorer.predict_matrix(encoded.matrix)
         scores = preds.scores.tolist()
         labels = preds.labels.tolist() if preds.labels is not None else None
         days = sorted({r[1] for r in rows})
@@ -135,6 +152,7 @@ class OnlineShadow:
             for i, (at, day, request_id, entity_id, features) in enumerate(rows):
                 copy.write_row((self.spec.name, day, at, version, SHADOW_ROUTE, request_id, entity_id, features,
                                 scores[i], labels[i] if labels is not None else None))
+        self._since = last_read
         self.scored += len(rows)
         log.info("online shadow %s: challenger %s scored %d logged live rows", self.spec.name, scorer.version,
                  len(rows))

@@ -270,6 +270,47 @@ def test_online_shadow_answers_go_to_the_payload_log_never_to_the_client(stack: 
     shadow.stop()
 
 
+def test_a_logged_row_the_challenger_cannot_take_is_skipped_not_a_stall(stack: Rollout) -> None:
+    """A payload row logged under another spec (here a `plan` this spec no longer knows) is skipped and counted:
+    the rows beside it are shadowed, and a page of such rows alone does not hold the shadow at it."""
+    from mlflow import MlflowClient
+
+    from scoring.registry import CHALLENGER
+    from scoring.spec import load_spec
+    from serving.model_holder import ModelHolder
+    from serving.payload_log import COLUMNS
+    from serving.shadow import OnlineShadow
+
+    _share(stack, 0)
+    MlflowClient().set_registered_model_alias(MODEL, CHALLENGER, stack.weak)
+    spec = load_spec(MODEL)
+    shadow = OnlineShadow(spec, stack.db_url, ModelHolder(spec, ref=CHALLENGER, allow_ungated=True),
+                          interval_s=0, lag_s=0.3)
+    shadow.holder.check_now()
+    shadow.step()  # from the watermark on
+    rid = f"skip-{uuid.uuid4().hex[:8]}"
+    with requests.Session() as session:
+        for i in range(5):
+            resp = session.post(stack.url, json={"records": [stack.records[i]]}, headers={"X-Request-ID": f"{rid}-{i}"},
+                                timeout=30)
+            assert resp.status_code == 200
+    names = ", ".join(COLUMNS)
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        _wait(lambda: conn.execute("SELECT count(*) FROM ops.online_payloads WHERE request_id LIKE %s",
+                                   (f"{rid}-%",)).fetchone()[0] == 5, timeout=20, every=0.2)
+        # a copy of a logged row, as an older spec logged it: a category this one does not know
+        conn.execute(f"INSERT INTO ops.online_payloads ({names}) SELECT model_name, log_date, logged_at, model_version,"
+                     " route, %s, entity_id, jsonb_set(features, '{plan}', '\"legacy\"'), score, label "
+                     "FROM ops.online_payloads WHERE request_id = %s", (f"{rid}-bad", f"{rid}-2"))
+    time.sleep(0.5)
+    _wait(lambda: shadow.step() >= 0 and _shadow_rows(stack, rid) >= 5, timeout=20, every=0.5)
+    with psycopg.connect(stack.db_url) as conn:
+        shadowed = {r[0] for r in conn.execute("SELECT request_id FROM ops.online_payloads WHERE route = 'shadow' "
+                                                "AND request_id LIKE %s", (f"{rid}-%",))}
+    assert shadowed == {f"{rid}-{i}" for i in range(5)} and shadow.skipped == 1
+    shadow.stop()
+
+
 def _shadow_rows(s: Rollout, rid: str) -> int:
     with psycopg.connect(s.db_url) as conn:
         return conn.execute("SELECT count(*) FROM ops.online_payloads WHERE route = 'shadow' AND request_id LIKE %s",
