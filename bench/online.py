@@ -336,8 +336,13 @@ def main(argv: list[str] | None = None) -> int:
         targets += [("live", base, lua_post(predict, live_bodies)),
                     ("invocations", base, lua_post("/invocations", inv_bodies)),
                     ("lookup", base, lua_get(prefix, n_ids))]
-        port = free_port()  # the same app, payload logging off
-        nolog = platform.gunicorn(MODEL, port, "serving.app:create_app()", {**env, "SERVING_PAYLOAD_SAMPLE_RATE": "0"})
+        # The same app, payload logging off, bound the same way (a TCP port and a Unix socket, as `make up`'s
+        # replicas): gunicorn's sync worker blocks in accept() with one listener but select()s over two, so a
+        # one-listener nolog app measured the listener count as well as the payload log.
+        port, nolog_socket = free_port(), root / "live-nolog.sock"
+        nolog = platform.gunicorn(MODEL, port, "serving.app:create_app()",
+                                  {**env, "SERVING_PAYLOAD_SAMPLE_RATE": "0",
+                                   "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} --bind unix:{nolog_socket}"})
         nolog_base = f"http://127.0.0.1:{port}"
         wait_http(nolog_base + "/readyz", 60, nolog, "serving app (payload logging off) ready")
         wait_workers_loaded(nolog_base, BenchSettings.from_env().serving_workers, version)
