@@ -41,7 +41,6 @@ import math
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.online import wrk_json  # noqa: E402
 from scoring.demo_data import generate_day  # noqa: E402
 from scoring.migrate import apply_migrations  # noqa: E402
 from scoring.scorer import Scorer  # noqa: E402
@@ -215,13 +215,10 @@ def live_rate_wrk(wrk: str, env: Env, records: list[dict], seconds: int, connect
     bodies = ",\n".join(f"  {json.dumps(json.dumps({'records': [r]}))}" for r in records[:200])
     lua = env.root / "live.lua"
     lua.write_text(_WRK_LUA % (bodies, path))
-    cmd = [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua),
-           env.serving_url + path]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
-    if line is None:
-        raise SystemExit(f"error: no live baseline: wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
-    d = json.loads(line[len("WRKJSON "):])
+    try:
+        d = wrk_json(wrk, lua, env.serving_url + path, seconds, connections)
+    except RuntimeError as exc:
+        raise SystemExit(f"error: no live baseline: {exc}") from exc
     rate = d["requests"] / (d["duration_us"] / 1e6)
     say(f"live single-row (wrk, {connections} connections, {seconds}s): {d['requests']} requests = {rate:.0f} rows/s "
         f"(p50 {d['p50_us'] / 1e3:.1f} ms, p99 {d['p99_us'] / 1e3:.1f} ms, errors {d['errors']})")
@@ -318,12 +315,10 @@ def submit_wrk(wrk: str, conn: psycopg.Connection, base: str, records: list[dict
     bodies = ",\n".join(f"  {json.dumps(json.dumps({'records': [r]}))}" for r in records)
     lua = workdir / f"{tag}.lua"
     lua.write_text(_WRK_JOBS_LUA % (bodies, f"/v1/models/{MODEL}/jobs", tag))
-    cmd = [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua), base]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
-    if line is None:
-        raise SystemExit(f"error: wrk failed submitting jobs: {out.stdout[-500:]} {out.stderr[-500:]}")
-    d = json.loads(line[len("WRKJSON "):])
+    try:
+        d = wrk_json(wrk, lua, base, seconds, connections)
+    except RuntimeError as exc:
+        raise SystemExit(f"error: submitting jobs: {exc}") from exc
     if d["errors"]:
         raise SystemExit(f"error: {d['errors']} of wrk's {d['requests']} job submits failed ({tag})")
     rows = conn.execute("SELECT id::text, idempotency_key FROM ops.prediction_jobs WHERE idempotency_key LIKE %s",

@@ -93,27 +93,20 @@ def _h2load(name: str, url: str, headers: list[str], body: bytes, rows: int, dur
     lat = np.array([float(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line.strip()]
                    or [0.0])
     done = fields["succeeded"]
-    errors = fields["failed"] + fields["errored"] + fields["timeout"] + done - status.get("2xx", 0)
+    # not done, and answered but not 2xx (h2load's status counts include the warm-up's: no subtraction)
+    errors = fields["failed"] + fields["errored"] + fields["timeout"] + sum(status.get(k, 0) for k in ("3xx", "4xx",
+                                                                                                       "5xx"))
     return Run(name, rows, done / duration, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), errors,
                done)
 
 
 def _wrk(name: str, host: str, port: int, path: str, body: bytes, duration: float, workdir: Path) -> Run:
-    from bench.online import lua_post
+    from bench.online import lua_post, run_wrk
     from stack.debian import ensure_wrk
 
-    lua = workdir / f"{name}.lua"
-    lua.write_text(lua_post(path, [body.decode()]))
-    cmd = [ensure_wrk(), "-t1", f"-c{CONNECTIONS}", f"-d{int(duration)}s", "--timeout", "10s", "-s", str(lua),
-           f"http://{host}:{port}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration + 60)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk failed for {name}: {out.stdout[-800:]} {out.stderr[-800:]}")
-    d = json.loads(line[len("WRKJSON "):])
-    errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
-    return Run(name, 1, d["requests"] / (d["duration_us"] / 1e6), d["p50_us"] / 1000, d["p99_us"] / 1000, errors,
-               d["requests"])
+    r = run_wrk(ensure_wrk(), name, f"http://{host}:{port}", lua_post(path, [body.decode()]), int(duration), workdir,
+                connections=CONNECTIONS, threads=1)
+    return Run(name, 1, r.rps, r.p50_ms, r.p99_ms, r.errors, r.requests)
 
 
 @dataclass(frozen=True)

@@ -109,16 +109,23 @@ end
 """ + _DONE
 
 
-def run_wrk(wrk: str, name: str, url: str, script: str, duration: int, workdir: Path) -> Result:
-    lua = workdir / f"{name}.lua"
-    lua.write_text(script)
-    # wrk's own threads: 2 (the machine has 2 cores shared with the servers under test)
-    cmd = [wrk, "-t2", f"-c{CONNECTIONS}", f"-d{duration}s", "--timeout", "10s", "-s", str(lua), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+def wrk_json(wrk: str, lua: Path, url: str, duration: int, connections: int = CONNECTIONS, threads: int = 2
+             ) -> dict:
+    """Run wrk with `lua` (whose done() prints one `WRKJSON {...}` line) and return that JSON; RuntimeError with
+    wrk's output when there is none. Threads: 2 by default (the machine has 2 cores shared with the servers)."""
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(lua), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration + 60)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
-        raise RuntimeError(f"wrk failed for {name}: {out.stdout[-1000:]} {out.stderr[-1000:]}")
-    d = json.loads(line[len("WRKJSON "):])
+        raise RuntimeError(f"wrk failed ({lua.stem}): {out.stdout[-1000:]} {out.stderr[-1000:]}")
+    return json.loads(line[len("WRKJSON "):])
+
+
+def run_wrk(wrk: str, name: str, url: str, script: str, duration: int, workdir: Path,
+            connections: int = CONNECTIONS, threads: int = 2) -> Result:
+    lua = workdir / f"{name}.lua"
+    lua.write_text(script)
+    d = wrk_json(wrk, lua, url, duration, connections, threads)
     errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
     return Result(name, d["requests"] / (d["duration_us"] / 1e6), d["p50_us"] / 1000, d["p99_us"] / 1000, errors,
                   d["requests"])

@@ -226,22 +226,31 @@ def test_moving_the_share_under_load_fails_no_request(stack: Rollout) -> None:
     assert load.ok > 50 and set(versions) == {stack.champion, stack.same}, (load.ok, versions)
 
 
-def test_online_shadow_answers_go_to_the_payload_log_never_to_the_client(stack: Rollout) -> None:
+def _shadow_of_weak(s: Rollout):  # noqa: ANN202 - serving.shadow.OnlineShadow
+    """No canary share; the weak version as `challenger`, shadowed by a pass-by-hand OnlineShadow that has
+    already passed the rows logged before the calling test."""
     from mlflow import MlflowClient
 
-    from scoring.monitoring.shadow import online_challenger_checks
     from scoring.registry import CHALLENGER
     from scoring.spec import load_spec
     from serving.model_holder import ModelHolder
     from serving.shadow import OnlineShadow
 
-    _share(stack, 0)
-    MlflowClient().set_registered_model_alias(MODEL, CHALLENGER, stack.weak)
+    _share(s, 0)
+    MlflowClient().set_registered_model_alias(MODEL, CHALLENGER, s.weak)
     spec = load_spec(MODEL)
-    shadow = OnlineShadow(spec, stack.db_url, ModelHolder(spec, ref=CHALLENGER, allow_ungated=True),
+    shadow = OnlineShadow(spec, s.db_url, ModelHolder(spec, ref=CHALLENGER, allow_ungated=True),
                           interval_s=0, lag_s=0.3)
     shadow.holder.check_now()
-    shadow.step()  # from the watermark on: the rows logged before this test are not its
+    shadow.step()  # from the watermark on: the rows logged before the test are not its
+    return shadow
+
+
+def test_online_shadow_answers_go_to_the_payload_log_never_to_the_client(stack: Rollout) -> None:
+    from scoring.monitoring.shadow import online_challenger_checks
+
+    shadow = _shadow_of_weak(stack)
+    spec = shadow.spec
     rid = f"shadow-{uuid.uuid4().hex[:8]}"
     answered = set()
     with requests.Session() as session:
@@ -273,21 +282,9 @@ def test_online_shadow_answers_go_to_the_payload_log_never_to_the_client(stack: 
 def test_a_logged_row_the_challenger_cannot_take_is_skipped_not_a_stall(stack: Rollout) -> None:
     """A payload row logged under another spec (here a `plan` this spec no longer knows) is skipped and counted:
     the rows beside it are shadowed, and a page of such rows alone does not hold the shadow at it."""
-    from mlflow import MlflowClient
-
-    from scoring.registry import CHALLENGER
-    from scoring.spec import load_spec
-    from serving.model_holder import ModelHolder
     from serving.payload_log import COLUMNS
-    from serving.shadow import OnlineShadow
 
-    _share(stack, 0)
-    MlflowClient().set_registered_model_alias(MODEL, CHALLENGER, stack.weak)
-    spec = load_spec(MODEL)
-    shadow = OnlineShadow(spec, stack.db_url, ModelHolder(spec, ref=CHALLENGER, allow_ungated=True),
-                          interval_s=0, lag_s=0.3)
-    shadow.holder.check_now()
-    shadow.step()  # from the watermark on
+    shadow = _shadow_of_weak(stack)
     rid = f"skip-{uuid.uuid4().hex[:8]}"
     with requests.Session() as session:
         for i in range(5):
